@@ -1,0 +1,218 @@
+//! Change detection: which blocks of the target differ from the base.
+//!
+//! The target is cut into blocks of one [`BlockSize`]. Each block is
+//! unchanged, data or zero (see [`ExtentKind`]); past the shorter image's
+//! end, that image reads as zeros. Blocks are classified in parallel, in
+//! groups, and the results merge in offset order into a [`ChangeMap`],
+//! whose memory grows with the number of extents, not with the images.
+
+mod compare;
+
+pub(crate) use compare::base_range;
+pub use compare::{classify, is_zero};
+
+use crate::geometry::{BlockSize, Extent, ExtentKind};
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// The sorted, non-overlapping, merged extents of one diff, with both
+/// image sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChangeMap {
+    /// The block size the diff was made with, in bytes.
+    #[serde(serialize_with = "serialize_block_size")]
+    pub block_size: BlockSize,
+    /// The base image's size in bytes (0 without a base).
+    pub base_size: u64,
+    /// The target image's size in bytes.
+    pub target_size: u64,
+    /// The changed extents, in increasing offset order; adjacent extents
+    /// are never of the same kind.
+    pub extents: Vec<Extent>,
+}
+
+fn serialize_block_size<S: serde::Serializer>(bs: &BlockSize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(bs.get())
+}
+
+impl ChangeMap {
+    /// An empty map for images of the given sizes.
+    pub fn new(block_size: BlockSize, base_size: u64, target_size: u64) -> Self {
+        ChangeMap {
+            block_size,
+            base_size,
+            target_size,
+            extents: Vec::new(),
+        }
+    }
+
+    /// Appends an extent after the last one, merging it into the last one
+    /// when they touch and are of one kind.
+    ///
+    /// # Panics
+    ///
+    /// If the extent starts before the end of the last one (a bug in the
+    /// caller, never a property of the input).
+    pub fn push(&mut self, extent: Extent) {
+        if let Some(last) = self.extents.last_mut() {
+            assert!(extent.offset >= last.end(), "extents pushed out of order");
+            if last.end() == extent.offset && last.kind == extent.kind {
+                last.length += extent.length;
+                return;
+            }
+        }
+        self.extents.push(extent);
+    }
+
+    /// Number of extents of `kind`.
+    pub fn count(&self, kind: ExtentKind) -> u64 {
+        self.extents.iter().filter(|e| e.kind == kind).count() as u64
+    }
+
+    /// Total bytes in extents of `kind`.
+    pub fn bytes(&self, kind: ExtentKind) -> u64 {
+        self.extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
+    }
+
+    /// Whether the target equals the base (as sizes allow).
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+}
+
+/// How many bytes of target one parallel task classifies.
+const GROUP_BYTES: u64 = 8 << 20;
+/// How many groups run between two progress reports.
+const GROUPS_PER_WINDOW: u64 = 32;
+
+/// Detects the changes from `base` to `target`, in parallel.
+///
+/// An empty `base` means no base: every non-zero block is data.
+pub fn detect(base: &[u8], target: &[u8], block_size: BlockSize) -> ChangeMap {
+    detect_with_progress(base, target, block_size, &mut |_| {})
+}
+
+/// [`detect`], calling `progress` with the number of target bytes done
+/// after each window of work (it only rises, and ends at the target size).
+pub fn detect_with_progress(
+    base: &[u8],
+    target: &[u8],
+    block_size: BlockSize,
+    progress: &mut dyn FnMut(u64),
+) -> ChangeMap {
+    let mut map = ChangeMap::new(block_size, base.len() as u64, target.len() as u64);
+    let bs = block_size.get();
+    let group = (GROUP_BYTES / bs).max(1) * bs;
+    let groups = (target.len() as u64).div_ceil(group);
+    let mut first = 0;
+    while first < groups {
+        let last = (first + GROUPS_PER_WINDOW).min(groups);
+        let parts: Vec<Vec<Extent>> = (first..last)
+            .into_par_iter()
+            .map(|g| {
+                let start = g * group;
+                let end = (start + group).min(target.len() as u64);
+                classify_range(base, target, block_size, start, end)
+            })
+            .collect();
+        for extent in parts.into_iter().flatten() {
+            map.push(extent);
+        }
+        first = last;
+        progress((last * group).min(target.len() as u64));
+    }
+    map
+}
+
+/// [`detect`] on one thread: the reference the parallel path must match.
+pub fn detect_serial(base: &[u8], target: &[u8], block_size: BlockSize) -> ChangeMap {
+    let mut map = ChangeMap::new(block_size, base.len() as u64, target.len() as u64);
+    for extent in classify_range(base, target, block_size, 0, target.len() as u64) {
+        map.push(extent);
+    }
+    map
+}
+
+/// Classifies the blocks in `[start, end)` of the target (`start` on a
+/// block boundary) into merged extents.
+fn classify_range(base: &[u8], target: &[u8], bs: BlockSize, start: u64, end: u64) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut offset = start;
+    while offset < end {
+        let len = bs.get().min(end - offset);
+        let (o, l) = (offset as usize, len as usize);
+        if let Some(kind) = classify(base_range(base, o, l), &target[o..o + l]) {
+            match out.last_mut() {
+                Some(last) if last.end() == offset && last.kind == kind => last.length += len,
+                _ => out.push(Extent {
+                    offset,
+                    length: len,
+                    kind,
+                }),
+            }
+        }
+        offset += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bs4k() -> BlockSize {
+        BlockSize::new(4096).unwrap()
+    }
+
+    fn ext(offset: u64, length: u64, kind: ExtentKind) -> Extent {
+        Extent {
+            offset,
+            length,
+            kind,
+        }
+    }
+
+    #[test]
+    fn grown_target_and_short_tail() {
+        let base = vec![0x11u8; 65536];
+        let mut target = base.clone();
+        target.resize(98304 + 100, 0);
+        target[81920..86016].fill(0x22);
+        target[12288..16384].fill(0x33);
+        target[98304 + 99] = 1;
+        let map = detect(&base, &target, bs4k());
+        assert_eq!(
+            map.extents,
+            vec![
+                ext(12288, 4096, ExtentKind::Data),
+                ext(81920, 4096, ExtentKind::Data),
+                ext(98304, 100, ExtentKind::Data),
+            ]
+        );
+        assert_eq!(map, detect_serial(&base, &target, bs4k()));
+    }
+
+    #[test]
+    fn groups_merge_across_boundaries() {
+        // A data run that spans several parallel groups comes out whole.
+        let base = vec![0u8; 40 << 20];
+        let target = vec![7u8; 40 << 20];
+        let map = detect(&base, &target, bs4k());
+        assert_eq!(map.extents, vec![ext(0, 40 << 20, ExtentKind::Data)]);
+        let zeroed = detect(&target, &base, bs4k());
+        assert_eq!(zeroed.extents, vec![ext(0, 40 << 20, ExtentKind::Zero)]);
+    }
+
+    #[test]
+    fn progress_rises_to_the_target_size() {
+        let target = vec![1u8; 20 << 20];
+        let mut seen = Vec::new();
+        detect_with_progress(&[], &target, bs4k(), &mut |d| seen.push(d));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(seen.last(), Some(&(20u64 << 20)));
+    }
+}

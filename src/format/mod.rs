@@ -1,0 +1,106 @@
+//! Output types and their encoders and decoders, one module per format.
+
+pub mod extent_list;
+pub mod raw_sparse;
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// Which export the caller asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OutputType {
+    /// The extent-list stream with the changed bytes (the default).
+    #[default]
+    MetadataAndData,
+    /// The extent-list stream without payloads: the change map only.
+    MetadataOnly,
+    /// A file of the target's size with the changed ranges in place,
+    /// holes elsewhere, and its change map beside it.
+    RawSparse,
+}
+
+impl OutputType {
+    /// The name used on the command line.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            OutputType::MetadataAndData => "metadata-and-data",
+            OutputType::MetadataOnly => "metadata-only",
+            OutputType::RawSparse => "raw-sparse",
+        }
+    }
+
+    /// The name the export API uses (`outputType`).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            OutputType::MetadataAndData => "METADATA_AND_DATA",
+            OutputType::MetadataOnly => "METADATA_ONLY",
+            OutputType::RawSparse => "RAW_SPARSE",
+        }
+    }
+
+    /// Whether the export can be written to a pipe.
+    pub fn streams(self) -> bool {
+        !matches!(self, OutputType::RawSparse)
+    }
+
+    /// Every output type.
+    pub const ALL: [OutputType; 3] = [
+        OutputType::MetadataAndData,
+        OutputType::MetadataOnly,
+        OutputType::RawSparse,
+    ];
+}
+
+impl fmt::Display for OutputType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
+impl FromStr for OutputType {
+    type Err = Error;
+
+    /// Accepts the CLI spelling (`raw-sparse`) and the API's
+    /// (`RAW_SPARSE`); refuses the API's unset value `INVALID`.
+    fn from_str(text: &str) -> Result<Self> {
+        if text == "INVALID" {
+            return Err(Error::invalid(
+                "output type",
+                "INVALID is the unset value of outputType; choose METADATA_AND_DATA or METADATA_ONLY",
+            ));
+        }
+        OutputType::ALL
+            .into_iter()
+            .find(|t| text == t.cli_name() || text == t.api_name())
+            .ok_or_else(|| {
+                let names: Vec<_> = OutputType::ALL.iter().map(|t| t.cli_name()).collect();
+                Error::invalid(
+                    "output type",
+                    format!(
+                        "unknown output type '{text}' (one of: {})",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_spellings_parse() {
+        for t in OutputType::ALL {
+            assert_eq!(t.cli_name().parse::<OutputType>().unwrap(), t);
+            assert_eq!(t.api_name().parse::<OutputType>().unwrap(), t);
+        }
+        assert!("INVALID"
+            .parse::<OutputType>()
+            .unwrap_err()
+            .to_string()
+            .contains("unset"));
+        assert!("tar".parse::<OutputType>().is_err());
+    }
+}

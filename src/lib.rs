@@ -1,0 +1,63 @@
+//! snapdelta: a changed-block diff and export engine for raw snapshot
+//! images.
+//!
+//! Given an older image of a disk (the *base*) and a newer one (the
+//! *target*), snapdelta finds the blocks that changed and writes them as
+//! one export that can be shipped and applied elsewhere.
+//!
+//! # Overview
+//!
+//! - [`Image`] maps a raw image read-only.
+//! - [`detect`] compares two images block by block, in parallel, into a
+//!   [`ChangeMap`] of data and zero [`Extent`]s.
+//! - [`export_images`] runs detection and streams the extents, in offset
+//!   order, into a [`Sink`]: one of the encoders in [`format`], or your own.
+//! - [`apply()`] rebuilds the target from the base and an export.
+//! - [`inspect`] decodes an export and lists what it holds.
+//!
+//! # Example
+//!
+//! ```
+//! use snapdelta::{detect, export_map, BlockSize, ExtentKind, ExtentListEncoder};
+//!
+//! let base = vec![7u8; 1 << 20];
+//! let mut target = base.clone();
+//! target[65536..131072].fill(9); // one 64 KiB block rewritten
+//!
+//! let map = detect(&base, &target, BlockSize::DEFAULT);
+//! assert_eq!(map.extents.len(), 1);
+//! assert_eq!(map.extents[0].kind, ExtentKind::Data);
+//!
+//! let mut out = Vec::new();
+//! let mut encoder = ExtentListEncoder::new(&mut out, true, None);
+//! let summary = export_map(&map, &base, &target, None, &mut encoder)?;
+//! assert_eq!(summary.data_bytes, 65536);
+//! # Ok::<(), snapdelta::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod apply;
+pub mod detect;
+pub mod error;
+pub mod export;
+pub mod format;
+pub mod geometry;
+pub mod image;
+pub mod info;
+pub mod output;
+pub mod sink;
+
+pub use apply::{apply, ApplySummary, ExportInput};
+pub use detect::{detect, detect_serial, detect_with_progress, ChangeMap};
+pub use error::{Error, Result};
+pub use export::{
+    export_images, export_map, Digests, ExportOptions, ExportSummary, Phase, Progress,
+};
+pub use format::extent_list::{ExtentListEncoder, ExtentListReader};
+pub use format::raw_sparse::RawSparseEncoder;
+pub use format::OutputType;
+pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
+pub use image::Image;
+pub use info::{inspect, ExportInfo};
+pub use sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

@@ -1,0 +1,116 @@
+//! The [`Sink`] trait: the one interface through which a diff reaches an
+//! encoder, or a library user's own code.
+//!
+//! The export pipeline calls a sink in a fixed order:
+//!
+//! 1. [`Sink::begin`] once, with an [`ExportHeader`] whose totals are
+//!    exact (detection is complete before streaming starts);
+//! 2. [`Sink::data`] and [`Sink::zero`] once per extent, in increasing
+//!    offset order, never overlapping, adjacent extents never of one kind;
+//! 3. [`Sink::finish`] once, after the last extent.
+//!
+//! When a call returns an error the pipeline stops at once and does not
+//! call `finish`.
+
+use crate::error::Result;
+use crate::geometry::BlockSize;
+
+/// What a sink learns before the first extent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportHeader {
+    /// The block size of the diff.
+    pub block_size: BlockSize,
+    /// The base image's size in bytes (0 without a base).
+    pub base_size: u64,
+    /// The target image's size in bytes.
+    pub target_size: u64,
+    /// Number of data extents that will follow.
+    pub data_extents: u64,
+    /// Number of zero extents that will follow.
+    pub zero_extents: u64,
+    /// Total bytes of the data extents.
+    pub data_bytes: u64,
+    /// Total bytes of the zero extents.
+    pub zero_bytes: u64,
+    /// BLAKE3 digest of the whole base, when the pipeline computed it.
+    pub base_digest: Option<[u8; 32]>,
+    /// BLAKE3 digest of the whole target, when the pipeline computed it.
+    pub target_digest: Option<[u8; 32]>,
+}
+
+/// A data extent: the target's bytes over a changed range.
+#[derive(Clone, Copy, Debug)]
+pub struct DataExtent<'a> {
+    /// Where the range starts in the target.
+    pub offset: u64,
+    /// The target's bytes, borrowed from the mapped image.
+    pub bytes: &'a [u8],
+    /// The base's bytes over the same range, shorter (or empty) where the
+    /// base ends inside it; the missing bytes read as zeros.
+    pub base: &'a [u8],
+}
+
+/// A zero extent: a changed range that reads as zeros in the target.
+#[derive(Clone, Copy, Debug)]
+pub struct ZeroExtent<'a> {
+    /// Where the range starts in the target.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub length: u64,
+    /// The base's bytes over the same range, cut at the base's end.
+    pub base: &'a [u8],
+}
+
+/// What a sink reports when it finishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Bytes the sink wrote to its output (0 for a sink that writes none).
+    pub bytes_written: u64,
+}
+
+/// Receives one diff as a stream of extents.
+///
+/// # Example
+///
+/// A sink that only counts what it is given:
+///
+/// ```
+/// use snapdelta::{detect, export_map, BlockSize, DataExtent, ExportHeader, Result, Sink,
+///                 SinkSummary, ZeroExtent};
+///
+/// #[derive(Default)]
+/// struct Counter { data: u64, zero: u64 }
+///
+/// impl Sink for Counter {
+///     fn begin(&mut self, _header: &ExportHeader) -> Result<()> { Ok(()) }
+///     fn data(&mut self, extent: &DataExtent<'_>) -> Result<()> {
+///         self.data += extent.bytes.len() as u64;
+///         Ok(())
+///     }
+///     fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()> {
+///         self.zero += extent.length;
+///         Ok(())
+///     }
+///     fn finish(&mut self) -> Result<SinkSummary> { Ok(SinkSummary::default()) }
+/// }
+///
+/// let base = vec![1u8; 16384];
+/// let mut target = base.clone();
+/// target[4096..8192].fill(2);
+/// target[12288..].fill(0);
+/// let map = detect(&base, &target, BlockSize::new(4096)?);
+/// let mut counter = Counter::default();
+/// export_map(&map, &base, &target, None, &mut counter)?;
+/// assert_eq!((counter.data, counter.zero), (4096, 4096));
+/// # Ok::<(), snapdelta::Error>(())
+/// ```
+pub trait Sink {
+    /// Called once, before any extent.
+    fn begin(&mut self, header: &ExportHeader) -> Result<()>;
+    /// Called for each data extent, in offset order.
+    fn data(&mut self, extent: &DataExtent<'_>) -> Result<()>;
+    /// Called for each zero extent, in offset order.
+    fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()>;
+    /// Called once after the last extent; flushes and reports.
+    fn finish(&mut self) -> Result<SinkSummary>;
+}
