@@ -421,12 +421,14 @@ impl<R: Read> ExtentListReader<R> {
         let mut got = 0;
         while got < buf.len() {
             match self.input.read(&mut buf[got..]) {
-                Ok(0) => return Err(corrupt(
-                    start + got as u64,
-                    format!(
+                Ok(0) => {
+                    return Err(corrupt(
+                        start + got as u64,
+                        format!(
                         "stream truncated: it ends inside the {what} that starts at byte {start}"
                     ),
-                )),
+                    ))
+                }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("export input", e)),
