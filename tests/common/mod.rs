@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Writes `len` copies of `byte` at `offset` of `path`, creating the file.
 pub fn fill(path: &Path, offset: u64, len: usize, byte: u8) {
@@ -122,12 +123,14 @@ pub fn roundtrip(dir: &Path, base: Option<&str>, target: &str, bs: usize) -> Vec
     let target_bytes = std::fs::read(dir.join(target)).unwrap();
     let expected = refdiff(&base_bytes, &target_bytes, bs);
     let bs_arg = bs.to_string();
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
     for (i, ty) in TYPES.iter().enumerate() {
         for compress in [false, true] {
             if compress && *ty != "metadata-and-data" {
                 continue;
             }
-            let out = format!("{target}-{i}-{compress}.{ty}");
+            let out = format!("rt{run}-{target}-{i}-{compress}.{ty}");
             let mut args = vec![
                 "export",
                 target,

@@ -1,0 +1,336 @@
+//! Edge cases of the engine, end to end through the CLI: each exports in
+//! every output type, checks the extents against the reference diff,
+//! applies and compares with the target.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+/// A byte pattern with a prime cycle, so shifted blocks never compare
+/// equal by accident.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed) | 1)
+        .collect()
+}
+
+#[test]
+fn identical_images_give_an_empty_valid_export() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.img", &pattern(300_000, 3));
+    write(d.path(), "target.img", &pattern(300_000, 3));
+    assert!(roundtrip(d.path(), Some("base.img"), "target.img", 4096).is_empty());
+    assert!(roundtrip(d.path(), Some("base.img"), "target.img", 65536).is_empty());
+}
+
+#[test]
+fn no_base_exports_every_non_zero_block() {
+    let d = tempfile::tempdir().unwrap();
+    let mut t = pattern(200_000, 5);
+    t[65536..131072].fill(0);
+    write(d.path(), "target.img", &t);
+    let ext = roundtrip(d.path(), None, "target.img", 65536);
+    assert_eq!(
+        ext,
+        vec![(0, 65536, "data"), (131072, 200_000 - 131072, "data")]
+    );
+    // An empty file as the base means the same.
+    write(d.path(), "empty.img", b"");
+    ok(d.path(), &["export", "target.img", "-o", "nobase.ext"]);
+    ok(
+        d.path(),
+        &["apply", "--base", "empty.img", "nobase.ext", "-o", "r.img"],
+    );
+    assert_eq!(std::fs::read(d.path().join("r.img")).unwrap(), t);
+    // A real base is refused for an export made without one.
+    let err = fails(
+        d.path(),
+        &[
+            "apply",
+            "--base",
+            "target.img",
+            "nobase.ext",
+            "-o",
+            "r2.img",
+        ],
+    );
+    assert!(err.contains("without a base"), "{err}");
+}
+
+#[test]
+fn all_zero_target() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.img", &pattern(1 << 20, 1));
+    write(d.path(), "target.img", &vec![0; 1 << 20]);
+    assert_eq!(
+        roundtrip(d.path(), Some("base.img"), "target.img", 65536),
+        vec![(0, 1 << 20, "zero")]
+    );
+    // Without a base an all-zero target has nothing to export.
+    assert!(roundtrip(d.path(), None, "target.img", 65536).is_empty());
+}
+
+#[test]
+fn base_larger_than_target() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(500_000, 1);
+    let mut t = b[..300_001].to_vec();
+    t[70_000] ^= 0xff;
+    write(d.path(), "base.img", &b);
+    write(d.path(), "target.img", &t);
+    let ext = roundtrip(d.path(), Some("base.img"), "target.img", 65536);
+    assert_eq!(ext, vec![(65536, 65536, "data")]);
+}
+
+#[test]
+fn target_larger_than_base() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(100_000, 1);
+    let mut t = b.clone();
+    t.resize(400_000, 0);
+    t[399_999] = 9;
+    write(d.path(), "base.img", &b);
+    write(d.path(), "target.img", &t);
+    let ext = roundtrip(d.path(), Some("base.img"), "target.img", 65536);
+    assert_eq!(ext, vec![(393216, 400_000 - 393216, "data")]);
+}
+
+#[test]
+fn empty_images() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.img", b"");
+    write(d.path(), "target.img", b"");
+    assert!(roundtrip(d.path(), Some("base.img"), "target.img", 4096).is_empty());
+    // Shrunk to nothing: carried by the target size alone.
+    write(d.path(), "full.img", &pattern(10_000, 1));
+    assert!(roundtrip(d.path(), Some("full.img"), "target.img", 4096).is_empty());
+}
+
+#[test]
+fn odd_sizes_last_byte_and_block_boundaries() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(3 * 65536 + 777, 2);
+    for (name, f) in [
+        (
+            "last.img",
+            &(|t: &mut Vec<u8>| *t.last_mut().unwrap() ^= 1) as &dyn Fn(&mut Vec<u8>),
+        ),
+        ("cross.img", &|t: &mut Vec<u8>| t[65530..65542].fill(0xee)),
+        ("zeroed.img", &|t: &mut Vec<u8>| t[65536..131072].fill(0)),
+        ("mixed.img", &|t: &mut Vec<u8>| {
+            t[0] ^= 1;
+            t[65536..131072].fill(0);
+            t[131072..].fill(0);
+        }),
+    ] {
+        let mut t = b.clone();
+        f(&mut t);
+        write(d.path(), "base.img", &b);
+        write(d.path(), name, &t);
+        for bs in [4096, 65536, 2 << 20] {
+            let dir = d.path().join(format!("{name}-{bs}"));
+            std::fs::create_dir(&dir).unwrap();
+            write(&dir, "base.img", &b);
+            write(&dir, name, &t);
+            let ext = roundtrip(&dir, Some("base.img"), name, bs);
+            assert!(!ext.is_empty(), "{name} at {bs}");
+        }
+    }
+}
+
+#[test]
+fn stdout_export_and_stdin_apply() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(1 << 20, 1);
+    let mut t = b.clone();
+    t[12345..70000].fill(7);
+    write(d.path(), "base.img", &b);
+    write(d.path(), "target.img", &t);
+    let out = ok(
+        d.path(),
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "-",
+            "--compress",
+            "zstd",
+        ],
+    );
+    let mut child = Command::new(bin())
+        .args(["apply", "--base", "base.img", "-", "-o", "r.img"])
+        .current_dir(d.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std::fs::read(d.path().join("r.img")).unwrap(), t);
+    // raw-sparse cannot go to a pipe.
+    let err = fails(
+        d.path(),
+        &[
+            "export",
+            "target.img",
+            "-o",
+            "-",
+            "--output-type",
+            "raw-sparse",
+        ],
+    );
+    assert!(err.contains("seekable"), "{err}");
+}
+
+#[test]
+fn existing_outputs_are_kept_without_force() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.img", &pattern(8192, 1));
+    write(d.path(), "target.img", &pattern(8192, 2));
+    write(d.path(), "out.ext", b"keep me");
+    let err = fails(
+        d.path(),
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out.ext",
+        ],
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(d.path().join("out.ext")).unwrap(), b"keep me");
+    ok(
+        d.path(),
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out.ext",
+            "--force",
+        ],
+    );
+    write(d.path(), "r.img", b"keep me");
+    fails(
+        d.path(),
+        &["apply", "--base", "base.img", "out.ext", "-o", "r.img"],
+    );
+    assert_eq!(std::fs::read(d.path().join("r.img")).unwrap(), b"keep me");
+}
+
+#[test]
+fn wrong_base_of_the_right_size_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(1 << 20, 1);
+    let mut t = b.clone();
+    t[0..10].fill(9);
+    write(d.path(), "base.img", &b);
+    write(d.path(), "target.img", &t);
+    ok(
+        d.path(),
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out.ext",
+        ],
+    );
+    // Different only far from the changed block: the base digest catches it.
+    let mut other = b.clone();
+    other[900_000] ^= 1;
+    write(d.path(), "other.img", &other);
+    let err = fails(
+        d.path(),
+        &["apply", "--base", "other.img", "out.ext", "-o", "r.img"],
+    );
+    assert!(err.contains("mismatch"), "{err}");
+    assert!(!d.path().join("r.img").exists());
+}
+
+#[test]
+fn usage_errors_exit_2_and_bad_paths_name_the_path() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "t.img", b"x");
+    for args in [
+        &["export", "t.img", "-o", "o", "--block-size", "3K"][..],
+        &["export", "t.img", "-o", "o", "--output-type", "INVALID"],
+        &["export", "t.img", "-o", "o", "--compress", "gzip"],
+        &["diff"],
+        &["frobnicate"],
+    ] {
+        assert_eq!(run(d.path(), args).status.code(), Some(2), "{args:?}");
+    }
+    let err = fails(d.path(), &["diff", "--base", "missing.img", "t.img"]);
+    assert!(err.contains("missing.img"), "{err}");
+    let err = fails(d.path(), &["diff", "--base", ".", "t.img"]);
+    assert!(err.contains("directory"), "{err}");
+    // The API's spelling of a type is accepted.
+    ok(
+        d.path(),
+        &[
+            "export",
+            "t.img",
+            "-o",
+            "o",
+            "--output-type",
+            "METADATA_ONLY",
+        ],
+    );
+}
+
+#[test]
+fn diff_json_has_the_documented_shape() {
+    let d = tempfile::tempdir().unwrap();
+    let b = pattern(10000, 1);
+    let mut t = b.clone();
+    t[9999] ^= 1;
+    write(d.path(), "base.img", &b);
+    write(d.path(), "target.img", &t);
+    let out = ok(
+        d.path(),
+        &[
+            "diff",
+            "--base",
+            "base.img",
+            "target.img",
+            "--block-size",
+            "4K",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"block_size": 4096, "base_size": 10000, "target_size": 10000,
+            "extents": [{"offset": 8192, "length": 1808, "kind": "data"}]})
+    );
+    let table = ok(
+        d.path(),
+        &[
+            "diff",
+            "--base",
+            "base.img",
+            "target.img",
+            "--block-size",
+            "4K",
+        ],
+    );
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("8192") && text.contains("1808") && text.contains("data"),
+        "{text}"
+    );
+}
