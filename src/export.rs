@@ -160,8 +160,12 @@ pub fn export_map(
     Ok(summary)
 }
 
-/// The header a sink receives for `map`.
-pub fn header_for(map: &ChangeMap, digests: Option<&Digests>) -> ExportHeader {
+/// The header a sink receives for `map` over `target`.
+pub fn header_for<'a>(
+    map: &'a ChangeMap,
+    target: &'a [u8],
+    digests: Option<&Digests>,
+) -> ExportHeader<'a> {
     ExportHeader {
         block_size: map.block_size,
         base_size: map.base_size,
@@ -172,6 +176,8 @@ pub fn header_for(map: &ChangeMap, digests: Option<&Digests>) -> ExportHeader {
         zero_bytes: map.bytes(ExtentKind::Zero),
         base_digest: digests.map(|d| d.base),
         target_digest: digests.map(|d| d.target),
+        extents: &map.extents,
+        target,
     }
 }
 
@@ -188,7 +194,7 @@ fn stream(
         target.len() as u64,
         "change map of another target"
     );
-    let header = header_for(map, digests);
+    let header = header_for(map, target, digests);
     let total = header.data_bytes + header.zero_bytes;
     sink.begin(&header)?;
     let mut done = 0;

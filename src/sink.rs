@@ -13,11 +13,14 @@
 //! call `finish`.
 
 use crate::error::Result;
-use crate::geometry::BlockSize;
+use crate::geometry::{BlockSize, Extent};
+use std::fmt;
 
-/// What a sink learns before the first extent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportHeader {
+/// What a sink learns before the first extent: the totals, and the whole
+/// change map with the target's bytes for encoders that lay out their
+/// output before writing it (qcow2 writes its tables first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ExportHeader<'a> {
     /// The block size of the diff.
     pub block_size: BlockSize,
     /// The base image's size in bytes (0 without a base).
@@ -36,6 +39,27 @@ pub struct ExportHeader {
     pub base_digest: Option<[u8; 32]>,
     /// BLAKE3 digest of the whole target, when the pipeline computed it.
     pub target_digest: Option<[u8; 32]>,
+    /// Every extent that will follow, in the order it will come.
+    pub extents: &'a [Extent],
+    /// The whole target image, borrowed from its mapping.
+    pub target: &'a [u8],
+}
+
+impl fmt::Debug for ExportHeader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportHeader")
+            .field("block_size", &self.block_size)
+            .field("base_size", &self.base_size)
+            .field("target_size", &self.target_size)
+            .field("data_extents", &self.data_extents)
+            .field("zero_extents", &self.zero_extents)
+            .field("data_bytes", &self.data_bytes)
+            .field("zero_bytes", &self.zero_bytes)
+            .field("base_digest", &self.base_digest.is_some())
+            .field("target_digest", &self.target_digest.is_some())
+            .field("extents", &self.extents.len())
+            .finish()
+    }
 }
 
 /// A data extent: the target's bytes over a changed range.
