@@ -80,23 +80,23 @@ pub fn apply(
             apply_stream(base_bytes, BufReader::new(stdin), output, force, progress)?
         }
         ExportInput::Path(path) => {
+            // Open once (a FIFO cannot be opened twice) and decide by content.
+            let mut file = File::open(path).at(path)?;
+            let mut magic = [0u8; 8];
+            let n = read_up_to(&mut file, &mut magic).at(path)?;
             let map = map_path(path);
-            if map.exists() {
+            if n == magic.len() && magic == MAGIC {
+                let input = BufReader::new(std::io::Cursor::new(magic).chain(file));
+                apply_stream(base_bytes, input, output, force, progress)?
+            } else if map.exists() {
                 apply_raw_sparse(base_bytes, path, &map, output, force, progress)?
             } else {
-                let mut file = File::open(path).at(path)?;
-                let mut magic = [0u8; 8];
-                let n = read_up_to(&mut file, &mut magic).at(path)?;
-                if magic[..n] != MAGIC[..n.min(8)] || n < 8 {
-                    return Err(Error::Unsupported(format!(
-                        "{} is not an extent-list stream, and no change map {} lies beside it \
-                         as a raw sparse export needs",
-                        path.display(),
-                        map.display()
-                    )));
-                }
-                let file = File::open(path).at(path)?;
-                apply_stream(base_bytes, BufReader::new(file), output, force, progress)?
+                return Err(Error::Unsupported(format!(
+                    "{} is not an extent-list stream, and no change map {} lies beside it \
+                     as a raw sparse export needs",
+                    path.display(),
+                    map.display()
+                )));
             }
         }
     };
@@ -104,7 +104,8 @@ pub fn apply(
     Ok(summary)
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the input ends; returns the count.
+pub(crate) fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..])? {
@@ -189,13 +190,7 @@ fn apply_raw_sparse(
                 ..
             } => {
                 let bytes = &mut buf[..length as usize];
-                data.read_exact_at(bytes, offset).at(data_path)?;
-                if crc32c::crc32c(bytes) != data_crc {
-                    return Err(Error::Mismatch(format!(
-                        "{}: the bytes at {offset}+{length} do not match its change map (the file was changed)",
-                        data_path.display()
-                    )));
-                }
+                crate::info::read_raw_range(&data, data_path, offset, bytes, data_crc)?;
                 target.data(offset, bytes, base_crc)?;
             }
             Record::Zero {
@@ -292,14 +287,17 @@ impl<'a> Target<'a> {
     fn zero(&mut self, offset: u64, length: u64, base_crc: u32) -> Result<()> {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
         self.check_base(offset, length, base_crc)?;
-        let mut done = 0;
-        while done < length {
-            let n = (length - done).min(ZEROS.len() as u64) as usize;
-            self.out
-                .file()
-                .write_all_at(&ZEROS[..n], offset + done)
-                .at(self.out.path())?;
-            done += n as u64;
+        // The output reads as zeros already wherever the copied base was
+        // zero and past the base's end; overwrite only the rest.
+        let old = base_range(self.base, offset as usize, length as usize);
+        for (i, chunk) in old.chunks(ZEROS.len()).enumerate() {
+            if !is_zero(chunk) {
+                let at = offset + (i * ZEROS.len()) as u64;
+                self.out
+                    .file()
+                    .write_all_at(&ZEROS[..chunk.len()], at)
+                    .at(self.out.path())?;
+            }
         }
         self.records += 1;
         self.zero_bytes += length;
@@ -320,8 +318,8 @@ impl<'a> Target<'a> {
             let written = Image::open(self.out.temp_path())?;
             if digest(written.bytes()) != expected {
                 return Err(Error::Mismatch(
-                    "the rebuilt image's BLAKE3 digest differs from the target's: \
-                     the base is not the one the export was made against"
+                    "the rebuilt image's BLAKE3 digest differs from the target's recorded in the \
+                     export: the base or the export is not the right one"
                         .into(),
                 ));
             }

@@ -5,9 +5,10 @@
 
 use crate::error::{Error, IoContext, Result};
 use memmap2::{Advice, Mmap, MmapOptions};
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A raw snapshot image: a regular file or block device, mapped read-only.
@@ -31,7 +32,13 @@ impl Image {
     /// bytes rewritten underneath may be read in either state.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = File::open(path).at(path)?;
+        // Non-blocking, so that a FIFO given by mistake is refused below
+        // instead of waiting for a writer; reads of files are unaffected.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .at(path)?;
         let meta = file.metadata().at(path)?;
         let kind = meta.file_type();
         let size = if kind.is_file() {

@@ -1,13 +1,16 @@
 //! Decode an export and describe what it holds.
 
+use crate::apply::read_up_to;
 use crate::apply::ExportInput;
 use crate::error::{Error, IoContext, Result};
-use crate::format::extent_list::{ExtentListReader, Record};
+use crate::format::extent_list::{ExtentListReader, Record, MAGIC};
 use crate::format::raw_sparse::map_path;
 use crate::geometry::{Extent, ExtentKind};
 use serde::Serialize;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// What an export holds, after every check of its format passed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -49,10 +52,15 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
     match export {
         ExportInput::Stdin => read_list(std::io::stdin().lock(), None),
         ExportInput::Path(path) => {
+            let mut file = File::open(path).at(path)?;
+            let mut magic = [0u8; 8];
+            let n = read_up_to(&mut file, &mut magic).at(path)?;
             let map = map_path(path);
-            if map.exists() {
-                let size = std::fs::metadata(path).at(path)?.len();
-                let info = read_list(File::open(&map).at(&map)?, Some("RAW_SPARSE"))?;
+            if n == magic.len() && magic == MAGIC {
+                read_list(std::io::Cursor::new(magic).chain(file), None)
+            } else if map.exists() {
+                let size = file.metadata().at(path)?.len();
+                let info = read_list(File::open(&map).at(&map)?, Some((&file, path)))?;
                 if size != info.target_size {
                     return Err(Error::Mismatch(format!(
                         "{} is {size} bytes, but its change map describes a target of {} bytes",
@@ -62,19 +70,33 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
                 }
                 Ok(info)
             } else {
-                read_list(File::open(path).at(path)?, None)
+                read_list(std::io::Cursor::new(magic[..n].to_vec()).chain(file), None)
             }
         }
     }
 }
 
-fn read_list(input: impl Read, raw: Option<&'static str>) -> Result<ExportInfo> {
+/// Decodes an extent-list stream; with `raw`, it is the change map of the
+/// raw sparse data file given, whose data ranges are checked against it.
+fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo> {
     let mut reader = ExtentListReader::new(BufReader::new(input))?;
     let h = reader.header().clone();
     let mut extents: Vec<Extent> = Vec::new();
     while let Some(record) = reader.next_record()? {
         let (offset, length, kind) = match record {
-            Record::Data { offset, length, .. } => (offset, length, ExtentKind::Data),
+            Record::Data {
+                offset,
+                length,
+                data_crc,
+                ..
+            } => {
+                if let Some((file, path)) = raw {
+                    // `length` is at most the header's record limit (8 MiB).
+                    let mut buf = vec![0u8; length as usize];
+                    read_raw_range(file, path, offset, &mut buf, data_crc)?;
+                }
+                (offset, length, ExtentKind::Data)
+            }
             Record::Zero { offset, length, .. } => (offset, length, ExtentKind::Zero),
         };
         match extents.last_mut() {
@@ -88,7 +110,7 @@ fn read_list(input: impl Read, raw: Option<&'static str>) -> Result<ExportInfo> 
     }
     let t = reader.trailer().expect("set after the last record");
     let output_type = match (raw, h.payloads) {
-        (Some(name), false) => name,
+        (Some(_), false) => "RAW_SPARSE",
         (Some(_), true) => {
             return Err(Error::Unsupported(
                 "the change map beside a raw sparse export holds data: not a raw sparse export"
@@ -113,4 +135,24 @@ fn read_list(input: impl Read, raw: Option<&'static str>) -> Result<ExportInfo> 
         target_digest: t.target_digest.as_ref().map(hex),
         extents,
     })
+}
+
+/// Reads `buf.len()` bytes at `offset` of a raw sparse data file and checks
+/// that their CRC-32C is the one its change map records.
+pub(crate) fn read_raw_range(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+    crc: u32,
+) -> Result<()> {
+    let length = buf.len();
+    file.read_exact_at(buf, offset).at(path)?;
+    if crc32c::crc32c(buf) != crc {
+        return Err(Error::Mismatch(format!(
+            "{}: the bytes at {offset}+{length} do not match its change map (the file was changed)",
+            path.display()
+        )));
+    }
+    Ok(())
 }

@@ -146,7 +146,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("snapdelta: error: {e}");
-            ExitCode::from(1)
+            // Arguments that parse but do not fit together are usage errors.
+            let usage = matches!(e, Error::InvalidArgument { .. });
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -218,6 +220,11 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     }
     let base = args.base.as_deref().map(Image::open).transpose()?;
     let target = Image::open(&args.target)?;
+    if !to_stdout {
+        for input in args.base.iter().chain([&args.target]) {
+            refuse_same_file(&args.output, input)?;
+        }
+    }
     let options = ExportOptions {
         block_size: args.block_size,
         digests: true,
@@ -259,8 +266,13 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             &mut progress,
         )?;
         drop(encoder);
-        map_file.commit()?;
+        // The data file first: a map never names data that is not there.
+        // Should the map's rename fail, the new data file goes too.
         data_file.commit()?;
+        if let Err(e) = map_file.commit() {
+            let _ = std::fs::remove_file(&args.output);
+            return Err(e);
+        }
         summary
     } else {
         let out = AtomicFile::create(&args.output, args.force)?;
@@ -304,6 +316,26 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         eprintln!("{text}");
     } else {
         println!("{text}");
+    }
+    Ok(())
+}
+
+/// Refuses an output that is an input under another name: the export
+/// would replace the image it is read from.
+fn refuse_same_file(output: &Path, input: &Path) -> snapdelta::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
+        return Ok(());
+    };
+    if (o.dev(), o.ino()) == (i.dev(), i.ino()) {
+        return Err(Error::invalid(
+            "output",
+            format!(
+                "{} is the input {}; choose another output",
+                output.display(),
+                input.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -24,6 +24,12 @@ impl AtomicFile {
     /// existing `path` is refused now and again at commit.
     pub fn create(path: &Path, force: bool) -> Result<Self> {
         refuse_existing(path, force)?;
+        if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

@@ -176,7 +176,7 @@ fn stdout_export_and_stdin_apply() {
     assert!(child.wait().unwrap().success());
     assert_eq!(std::fs::read(d.path().join("r.img")).unwrap(), t);
     // raw-sparse cannot go to a pipe.
-    let err = fails(
+    let out = run(
         d.path(),
         &[
             "export",
@@ -187,7 +187,8 @@ fn stdout_export_and_stdin_apply() {
             "raw-sparse",
         ],
     );
-    assert!(err.contains("seekable"), "{err}");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seekable"));
 }
 
 #[test]
@@ -333,4 +334,187 @@ fn diff_json_has_the_documented_shape() {
         text.contains("8192") && text.contains("1808") && text.contains("data"),
         "{text}"
     );
+}
+
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn fifos_as_export_and_as_images() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let b = pattern(65536, 1);
+    let mut t = b.clone();
+    t[100] ^= 1;
+    write(p, "base.img", &b);
+    write(p, "target.img", &t);
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out.ext",
+        ],
+    );
+    // An export read from a FIFO is opened once and applied.
+    mkfifo(&p.join("pipe"));
+    let bytes = std::fs::read(p.join("out.ext")).unwrap();
+    let writer_path = p.join("pipe");
+    let writer = std::thread::spawn(move || std::fs::write(writer_path, bytes).unwrap());
+    ok(p, &["apply", "--base", "base.img", "pipe", "-o", "r.img"]);
+    writer.join().unwrap();
+    assert_eq!(std::fs::read(p.join("r.img")).unwrap(), t);
+    // A FIFO as an image is refused at once instead of waiting for a writer.
+    mkfifo(&p.join("fifo.img"));
+    let err = fails(p, &["diff", "--base", "fifo.img", "target.img"]);
+    assert!(
+        err.contains("fifo.img") && err.contains("not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stale_change_map_does_not_hide_a_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(65536, 1));
+    write(p, "target.img", &pattern(65536, 2));
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "y",
+            "--output-type",
+            "raw-sparse",
+        ],
+    );
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "y",
+            "--force",
+        ],
+    );
+    assert_eq!(info_extents(p, "y").0["output_type"], "METADATA_AND_DATA");
+    ok(p, &["apply", "--base", "base.img", "y", "-o", "r.img"]);
+    assert_eq!(std::fs::read(p.join("r.img")).unwrap(), pattern(65536, 2));
+}
+
+#[test]
+fn a_failed_raw_sparse_export_leaves_no_map() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(65536, 1));
+    write(p, "target.img", &pattern(65536, 2));
+    std::fs::create_dir(p.join("dir")).unwrap();
+    write(p, "dir.map", b"OLD");
+    fails(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "dir",
+            "--output-type",
+            "raw-sparse",
+            "--force",
+        ],
+    );
+    assert_eq!(std::fs::read(p.join("dir.map")).unwrap(), b"OLD");
+}
+
+#[test]
+fn an_export_never_replaces_its_input() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(65536, 1));
+    write(p, "target.img", &pattern(65536, 2));
+    std::os::unix::fs::symlink("target.img", p.join("alias.img")).unwrap();
+    for out in ["target.img", "base.img"] {
+        let o = run(
+            p,
+            &[
+                "export",
+                "--base",
+                "base.img",
+                "alias.img",
+                "-o",
+                out,
+                "--force",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{out}");
+    }
+    assert_eq!(
+        std::fs::read(p.join("target.img")).unwrap(),
+        pattern(65536, 2)
+    );
+    assert_eq!(
+        std::fs::read(p.join("base.img")).unwrap(),
+        pattern(65536, 1)
+    );
+}
+
+#[test]
+fn options_that_do_not_fit_together_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "t.img", b"x");
+    for args in [
+        &[
+            "export",
+            "t.img",
+            "-o",
+            "o",
+            "--output-type",
+            "metadata-only",
+            "--compress",
+            "zstd",
+        ][..],
+        &["export", "t.img", "-o", "-", "--output-type", "raw-sparse"],
+    ] {
+        assert_eq!(run(d.path(), args).status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn raw_sparse_info_checks_the_data_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(65536, 1));
+    write(p, "target.img", &pattern(65536, 2));
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "r.raw",
+            "--output-type",
+            "raw-sparse",
+        ],
+    );
+    ok(p, &["info", "r.raw"]);
+    let mut bytes = std::fs::read(p.join("r.raw")).unwrap();
+    bytes[10] ^= 1;
+    write(p, "r.raw", &bytes);
+    let err = fails(p, &["info", "r.raw"]);
+    assert!(err.contains("do not match its change map"), "{err}");
 }

@@ -32,14 +32,23 @@ const RECORD_ZSTD: u8 = 1;
 
 const WHAT: &str = "extent-list stream";
 
-/// CRC-32C of `bytes` followed by `zeros` zero bytes.
-pub(crate) fn crc_with_zeros(bytes: &[u8], mut zeros: u64) -> u32 {
-    static ZEROS: [u8; 65536] = [0; 65536];
+/// CRC-32C of `bytes` followed by `zeros` zero bytes, in time that grows
+/// with the length of `bytes` and only the logarithm of `zeros`.
+pub(crate) fn crc_with_zeros(bytes: &[u8], zeros: u64) -> u32 {
     let mut crc = crc32c::crc32c(bytes);
-    while zeros > 0 {
-        let n = zeros.min(ZEROS.len() as u64) as usize;
-        crc = crc32c::crc32c_append(crc, &ZEROS[..n]);
-        zeros -= n as u64;
+    // Append runs of zeros of doubling length, one per set bit of `zeros`.
+    let mut run_crc = crc32c::crc32c(&[0]);
+    let mut run_len: u64 = 1;
+    let mut left = zeros;
+    while left > 0 {
+        if left & 1 == 1 {
+            crc = crc32c::crc32c_combine(crc, run_crc, run_len as usize);
+        }
+        left >>= 1;
+        if left > 0 {
+            run_crc = crc32c::crc32c_combine(run_crc, run_crc, run_len as usize);
+            run_len *= 2;
+        }
     }
     crc
 }
@@ -581,6 +590,15 @@ impl<R: Read> ExtentListReader<R> {
         filled?;
         let payload_is_stored = !zstd;
         if zstd {
+            let frame = zstd::zstd_safe::find_frame_compressed_size(&self.stored);
+            if frame != Ok(self.stored.len()) {
+                return Err(corrupt(
+                    payload_at,
+                    format!(
+                        "zstd payload of the data record at {offset} is not exactly one zstd frame"
+                    ),
+                ));
+            }
             self.payload.clear();
             self.payload.reserve(length as usize);
             let n = zstd::bulk::Decompressor::new()
@@ -747,9 +765,32 @@ fn parse_header(buf: &[u8; HEADER_LEN]) -> Result<ListHeader> {
         base_digest: (flags & FLAG_BASE_DIGEST != 0).then_some(base_digest),
         has_target_digest: flags & FLAG_TARGET_DIGEST != 0,
     };
+    if header.target_size > i64::MAX as u64 || header.base_size > i64::MAX as u64 {
+        return Err(corrupt(24, "image sizes must be below 2^63 bytes"));
+    }
     let changed = header.data_bytes.checked_add(header.zero_bytes);
     if changed.is_none_or(|c| c > header.target_size) {
         return Err(corrupt(56, "data and zero bytes exceed the target size"));
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_of_appended_zeros_matches_the_plain_crc() {
+        for bytes in [&b""[..], b"a", b"snapdelta"] {
+            for zeros in [0u64, 1, 2, 3, 7, 64, 4095, 4096, 100_003] {
+                let mut plain = bytes.to_vec();
+                plain.resize(bytes.len() + zeros as usize, 0);
+                assert_eq!(
+                    crc_with_zeros(bytes, zeros),
+                    crc32c::crc32c(&plain),
+                    "{zeros}"
+                );
+            }
+        }
+    }
 }
