@@ -5,11 +5,12 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
 use snapdelta::format::raw_sparse::map_path;
 use snapdelta::output::{refuse_existing, AtomicFile};
 use snapdelta::{
     apply, export_images, inspect, parse_size, BlockSize, Error, ExportInput, ExportOptions,
-    ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder,
+    ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder, Sink,
 };
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -46,14 +47,19 @@ struct ExportArgs {
     /// Where to write the export; `-` writes to standard output.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
-    /// metadata-and-data, metadata-only or raw-sparse (the API's
-    /// METADATA_AND_DATA, METADATA_ONLY, RAW_SPARSE are accepted too).
+    /// metadata-and-data, metadata-only, raw-sparse or qcow2 (the API's
+    /// spellings METADATA_AND_DATA, METADATA_ONLY, ... are accepted too).
     #[arg(long, value_name = "TYPE", default_value = "metadata-and-data", value_parser = parse_output_type)]
     output_type: OutputType,
     /// Block size of change detection: a power of two from 4K to 2M.
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_block_size)]
     block_size: BlockSize,
-    /// Compress data records: zstd or zstd:LEVEL (1 to 22; default 3).
+    /// qcow2 only: the backing file name to store (default: the base's path,
+    /// made relative to the output's directory).
+    #[arg(long, value_name = "NAME")]
+    backing: Option<String>,
+    /// Compress data records (metadata-and-data) or clusters (qcow2): zstd
+    /// or zstd:LEVEL (1 to 22; default 3).
     #[arg(long, value_name = "zstd[:LEVEL]", value_parser = parse_compress)]
     compress: Option<i32>,
     /// Print the summary as JSON.
@@ -212,7 +218,12 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             ),
         ));
     }
-    if args.compress.is_some() && args.output_type != OutputType::MetadataAndData {
+    if args.compress.is_some()
+        && !matches!(
+            args.output_type,
+            OutputType::MetadataAndData | OutputType::Qcow2
+        )
+    {
         return Err(Error::invalid(
             "compress",
             format!("{} does not store compressed data", args.output_type),
@@ -231,14 +242,45 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     };
     let mut bar = Bar::new();
     let mut progress = |p: Progress| bar.update(p);
-    let payloads = args.output_type == OutputType::MetadataAndData;
+    let backing = match (&args.backing, &args.base) {
+        (Some(name), Some(_)) => Some(name.clone()),
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "backing",
+                "--backing names the base of a qcow2 export: give --base too",
+            ))
+        }
+        (None, Some(base)) if args.output_type == OutputType::Qcow2 => {
+            Some(snapdelta::format::qcow2::backing_name(
+                base,
+                (!to_stdout).then_some(args.output.as_path()),
+            )?)
+        }
+        (None, _) => None,
+    };
+    let stream_encoder = |out: Box<dyn Write>| -> Box<dyn Sink> {
+        match args.output_type {
+            OutputType::Qcow2 => Box::new(Qcow2Encoder::new(
+                out,
+                Qcow2Options {
+                    backing: backing.clone(),
+                    zstd_level: args.compress,
+                },
+            )),
+            ty => Box::new(ExtentListEncoder::new(
+                out,
+                ty == OutputType::MetadataAndData,
+                args.compress,
+            )),
+        }
+    };
     let summary = if to_stdout {
         let stdout = std::io::stdout().lock();
-        let mut encoder = ExtentListEncoder::new(BufWriter::new(stdout), payloads, args.compress);
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)));
         export_images(
             base.as_ref(),
             &target,
-            &mut encoder,
+            encoder.as_mut(),
             &options,
             &mut progress,
         )?
@@ -280,11 +322,11 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             .file()
             .try_clone()
             .map_err(|e| Error::io(&args.output, e))?;
-        let mut encoder = ExtentListEncoder::new(BufWriter::new(file), payloads, args.compress);
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(file)));
         let summary = export_images(
             base.as_ref(),
             &target,
-            &mut encoder,
+            encoder.as_mut(),
             &options,
             &mut progress,
         )?;

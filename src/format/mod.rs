@@ -1,6 +1,7 @@
 //! Output types and their encoders and decoders, one module per format.
 
 pub mod extent_list;
+pub mod qcow2;
 pub mod raw_sparse;
 
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ pub enum OutputType {
     /// A file of the target's size with the changed ranges in place,
     /// holes elsewhere, and its change map beside it.
     RawSparse,
+    /// A qcow2 version 3 overlay whose backing file is the base.
+    Qcow2,
 }
 
 impl OutputType {
@@ -27,6 +30,7 @@ impl OutputType {
             OutputType::MetadataAndData => "metadata-and-data",
             OutputType::MetadataOnly => "metadata-only",
             OutputType::RawSparse => "raw-sparse",
+            OutputType::Qcow2 => "qcow2",
         }
     }
 
@@ -36,6 +40,7 @@ impl OutputType {
             OutputType::MetadataAndData => "METADATA_AND_DATA",
             OutputType::MetadataOnly => "METADATA_ONLY",
             OutputType::RawSparse => "RAW_SPARSE",
+            OutputType::Qcow2 => "QCOW2",
         }
     }
 
@@ -45,10 +50,11 @@ impl OutputType {
     }
 
     /// Every output type.
-    pub const ALL: [OutputType; 3] = [
+    pub const ALL: [OutputType; 4] = [
         OutputType::MetadataAndData,
         OutputType::MetadataOnly,
         OutputType::RawSparse,
+        OutputType::Qcow2,
     ];
 }
 
