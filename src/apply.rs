@@ -8,9 +8,8 @@
 use crate::detect::{base_range, is_zero};
 use crate::error::{Error, IoContext, Result};
 use crate::export::{digest, Phase, Progress};
-use crate::format::extent_list::{
-    crc_with_zeros, ExtentListReader, ListHeader, Record, Trailer, MAGIC,
-};
+use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record, MAGIC};
+use crate::format::qcow2::{self, Mapping, Qcow2Reader};
 use crate::format::raw_sparse::map_path;
 use crate::image::Image;
 use crate::output::AtomicFile;
@@ -76,8 +75,16 @@ pub fn apply(
     let base_bytes = base_image.as_ref().map(Image::bytes).unwrap_or(&[]);
     let mut summary = match export {
         ExportInput::Stdin => {
-            let stdin = std::io::stdin().lock();
-            apply_stream(base_bytes, BufReader::new(stdin), output, force, progress)?
+            let mut stdin = std::io::stdin().lock();
+            let mut magic = [0u8; 8];
+            let n = read_up_to(&mut stdin, &mut magic).at(Path::new("-"))?;
+            if qcow2::has_magic(&magic[..n]) {
+                return Err(Error::Unsupported(
+                    "a qcow2 export cannot be read from standard input: give its path".into(),
+                ));
+            }
+            let input = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(stdin));
+            apply_stream(base_bytes, input, output, force, progress)?
         }
         ExportInput::Path(path) => {
             // Open once (a FIFO cannot be opened twice) and decide by content.
@@ -88,6 +95,14 @@ pub fn apply(
             if n == magic.len() && magic == MAGIC {
                 let input = BufReader::new(std::io::Cursor::new(magic).chain(file));
                 apply_stream(base_bytes, input, output, force, progress)?
+            } else if qcow2::has_magic(&magic[..n]) {
+                if !file.metadata().at(path)?.is_file() {
+                    return Err(Error::Unsupported(format!(
+                        "{}: a qcow2 export must be a regular file (its tables are read at random)",
+                        path.display()
+                    )));
+                }
+                apply_qcow2(base_bytes, base.is_some(), path, output, force, progress)?
             } else if map.exists() {
                 apply_raw_sparse(base_bytes, path, &map, output, force, progress)?
             } else {
@@ -105,7 +120,7 @@ pub fn apply(
 }
 
 /// Reads until `buf` is full or the input ends; returns the count.
-pub(crate) fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..])? {
@@ -131,7 +146,7 @@ fn apply_stream<R: Read>(
                 .into(),
         ));
     }
-    let mut target = Target::start(base, &header, output, force)?;
+    let mut target = Target::start(base, &Expect::from(&header), output, force)?;
     while let Some(record) = reader.next_record()? {
         match record {
             Record::Data {
@@ -139,17 +154,21 @@ fn apply_stream<R: Read>(
                 base_crc,
                 payload,
                 ..
-            } => target.data(offset, payload.expect("payloads checked above"), base_crc)?,
+            } => target.data(
+                offset,
+                payload.expect("payloads checked above"),
+                Some(base_crc),
+            )?,
             Record::Zero {
                 offset,
                 length,
                 base_crc,
-            } => target.zero(offset, length, base_crc)?,
+            } => target.zero(offset, length, Some(base_crc))?,
         }
         progress(target.progress());
     }
-    let trailer = reader.trailer().expect("set after the last record").clone();
-    target.finish(&trailer, "METADATA_AND_DATA")
+    let trailer = reader.trailer().expect("set after the last record");
+    target.finish(trailer.target_digest, "METADATA_AND_DATA")
 }
 
 fn apply_raw_sparse(
@@ -178,7 +197,7 @@ fn apply_raw_sparse(
             header.target_size
         )));
     }
-    let mut target = Target::start(base, &header, output, force)?;
+    let mut target = Target::start(base, &Expect::from(&header), output, force)?;
     let mut buf = vec![0u8; header.record_limit as usize];
     while let Some(record) = reader.next_record()? {
         match record {
@@ -191,18 +210,123 @@ fn apply_raw_sparse(
             } => {
                 let bytes = &mut buf[..length as usize];
                 crate::info::read_raw_range(&data, data_path, offset, bytes, data_crc)?;
-                target.data(offset, bytes, base_crc)?;
+                target.data(offset, bytes, Some(base_crc))?;
             }
             Record::Zero {
                 offset,
                 length,
                 base_crc,
-            } => target.zero(offset, length, base_crc)?,
+            } => target.zero(offset, length, Some(base_crc))?,
         }
         progress(target.progress());
     }
-    let trailer = reader.trailer().expect("set after the last record").clone();
-    target.finish(&trailer, "RAW_SPARSE")
+    let trailer = reader.trailer().expect("set after the last record");
+    target.finish(trailer.target_digest, "RAW_SPARSE")
+}
+
+fn apply_qcow2(
+    base: &[u8],
+    base_given: bool,
+    path: &Path,
+    output: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ApplySummary> {
+    let q = Qcow2Reader::open(path)?;
+    match (q.backing_file(), base_given) {
+        (Some(name), false) => {
+            return Err(Error::invalid(
+                "base",
+                format!(
+                    "{} is an overlay of the backing file '{name}': give that image as --base",
+                    path.display()
+                ),
+            ))
+        }
+        (None, _) if !base.is_empty() => {
+            return Err(Error::Mismatch(format!(
+                "{} has no backing file: give no --base, or an empty file",
+                path.display()
+            )))
+        }
+        _ => {}
+    }
+    if let Some(format) = q.backing_format().filter(|f| *f != "raw") {
+        return Err(Error::Unsupported(format!(
+            "qcow2 overlays of a {format} backing file (only raw)"
+        )));
+    }
+    let record = q.record().copied();
+    let target_size = match record {
+        Some(r) if r.target_size > q.virtual_size() || q.virtual_size() - r.target_size >= 512 => {
+            return Err(Error::Corrupt {
+                what: "qcow2 image",
+                offset: 24,
+                message: format!(
+                    "recorded target size {} does not round up to the virtual size {}",
+                    r.target_size,
+                    q.virtual_size()
+                ),
+            })
+        }
+        Some(r) => r.target_size,
+        None => q.virtual_size(),
+    };
+    let expect = Expect {
+        base_size: record.map(|r| r.base_size),
+        base_digest: record.and_then(|r| r.base_digest),
+        target_size,
+        total: target_size,
+    };
+    let mut target = Target::start(base, &expect, output, force)?;
+    let cs = q.cluster_size();
+    let mut buf = vec![0u8; cs as usize];
+    'tables: for i in 0..q.l1_len() {
+        for (j, mapping) in q.l2_table(i)?.into_iter().enumerate() {
+            let guest = (i as u64 * (cs / 8) + j as u64) * cs;
+            if guest >= target_size {
+                break 'tables;
+            }
+            let len = cs.min(target_size - guest);
+            match mapping {
+                Mapping::Unallocated => {}
+                Mapping::Zero => target.zero(guest, len, None)?,
+                Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                    q.read_cluster(mapping, &mut buf)?;
+                    target.data(guest, &buf[..len as usize], None)?;
+                }
+            }
+        }
+        progress(Progress {
+            phase: Phase::Write,
+            done: ((i as u64 + 1) * (cs / 8) * cs).min(target_size),
+            total: target_size,
+        });
+    }
+    target.finish(record.and_then(|r| r.target_digest), "QCOW2")
+}
+
+/// What an export says about the base it needs and the image it makes.
+struct Expect {
+    /// The base's size, where the export records it.
+    base_size: Option<u64>,
+    /// The base's BLAKE3, where the export records it.
+    base_digest: Option<[u8; 32]>,
+    /// The rebuilt image's size.
+    target_size: u64,
+    /// Work in all, for progress.
+    total: u64,
+}
+
+impl From<&ListHeader> for Expect {
+    fn from(h: &ListHeader) -> Self {
+        Expect {
+            base_size: Some(h.base_size),
+            base_digest: h.base_digest,
+            target_size: h.target_size,
+            total: h.data_bytes + h.zero_bytes,
+        }
+    }
 }
 
 /// The image being rebuilt.
@@ -219,18 +343,18 @@ struct Target<'a> {
 impl<'a> Target<'a> {
     /// Checks the base against the header, then starts the output as a
     /// copy of the base cut or extended to the target's size.
-    fn start(base: &'a [u8], header: &ListHeader, output: &Path, force: bool) -> Result<Self> {
+    fn start(base: &'a [u8], header: &Expect, output: &Path, force: bool) -> Result<Self> {
         let base_size = base.len() as u64;
-        if base_size != header.base_size {
-            let hint = if header.base_size == 0 {
+        if header.base_size.is_some_and(|size| size != base_size) {
+            let expected = header.base_size.unwrap_or_default();
+            let hint = if expected == 0 {
                 " (the export was made without a base: give no --base, or an empty file)"
                     .to_string()
             } else {
                 String::new()
             };
             return Err(Error::Mismatch(format!(
-                "the base is {base_size} bytes, but the export was made against a base of {} bytes{hint}",
-                header.base_size
+                "the base is {base_size} bytes, but the export was made against a base of {expected} bytes{hint}"
             )));
         }
         if let Some(expected) = header.base_digest {
@@ -259,11 +383,14 @@ impl<'a> Target<'a> {
             records: 0,
             data_bytes: 0,
             zero_bytes: 0,
-            total: header.data_bytes + header.zero_bytes,
+            total: header.total,
         })
     }
 
-    fn check_base(&self, offset: u64, length: u64, expected: u32) -> Result<()> {
+    fn check_base(&self, offset: u64, length: u64, expected: Option<u32>) -> Result<()> {
+        let Some(expected) = expected else {
+            return Ok(());
+        };
         let old = base_range(self.base, offset as usize, length as usize);
         if crc_with_zeros(old, length - old.len() as u64) != expected {
             return Err(Error::Mismatch(format!(
@@ -273,7 +400,7 @@ impl<'a> Target<'a> {
         Ok(())
     }
 
-    fn data(&mut self, offset: u64, bytes: &[u8], base_crc: u32) -> Result<()> {
+    fn data(&mut self, offset: u64, bytes: &[u8], base_crc: Option<u32>) -> Result<()> {
         self.check_base(offset, bytes.len() as u64, base_crc)?;
         self.out
             .file()
@@ -284,7 +411,7 @@ impl<'a> Target<'a> {
         Ok(())
     }
 
-    fn zero(&mut self, offset: u64, length: u64, base_crc: u32) -> Result<()> {
+    fn zero(&mut self, offset: u64, length: u64, base_crc: Option<u32>) -> Result<()> {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
         self.check_base(offset, length, base_crc)?;
         // The output reads as zeros already wherever the copied base was
@@ -313,8 +440,12 @@ impl<'a> Target<'a> {
     }
 
     /// Verifies the result against the target digest, then commits it.
-    fn finish(self, trailer: &Trailer, output_type: &'static str) -> Result<ApplySummary> {
-        if let Some(expected) = trailer.target_digest {
+    fn finish(
+        self,
+        target_digest: Option<[u8; 32]>,
+        output_type: &'static str,
+    ) -> Result<ApplySummary> {
+        if let Some(expected) = target_digest {
             let written = Image::open(self.out.temp_path())?;
             if digest(written.bytes()) != expected {
                 return Err(Error::Mismatch(
@@ -330,7 +461,7 @@ impl<'a> Target<'a> {
             records: self.records,
             data_bytes: self.data_bytes,
             zero_bytes: self.zero_bytes,
-            target_digest_verified: trailer.target_digest.is_some(),
+            target_digest_verified: target_digest.is_some(),
             seconds: 0.0,
         };
         self.out.commit()?;

@@ -4,6 +4,7 @@ use crate::apply::read_up_to;
 use crate::apply::ExportInput;
 use crate::error::{Error, IoContext, Result};
 use crate::format::extent_list::{ExtentListReader, Record, MAGIC};
+use crate::format::qcow2::{self, Mapping, Qcow2Reader};
 use crate::format::raw_sparse::map_path;
 use crate::geometry::{Extent, ExtentKind};
 use serde::Serialize;
@@ -39,6 +40,9 @@ pub struct ExportInfo {
     pub base_digest: Option<String>,
     /// BLAKE3 of the target, in hex, when recorded.
     pub target_digest: Option<String>,
+    /// The backing file a qcow2 overlay names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backing_file: Option<String>,
     /// The changed extents, merged, in offset order.
     pub extents: Vec<Extent>,
 }
@@ -58,6 +62,8 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
             let map = map_path(path);
             if n == magic.len() && magic == MAGIC {
                 read_list(std::io::Cursor::new(magic).chain(file), None)
+            } else if qcow2::has_magic(&magic[..n]) {
+                read_qcow2(path)
             } else if map.exists() {
                 let size = file.metadata().at(path)?.len();
                 let info = read_list(File::open(&map).at(&map)?, Some((&file, path)))?;
@@ -133,6 +139,7 @@ fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo
         stored_bytes: t.stored_bytes,
         base_digest: h.base_digest.as_ref().map(hex),
         target_digest: t.target_digest.as_ref().map(hex),
+        backing_file: None,
         extents,
     })
 }
@@ -155,4 +162,65 @@ pub(crate) fn read_raw_range(
         )));
     }
     Ok(())
+}
+
+/// Describes a qcow2 overlay: its allocated clusters as data extents, its
+/// zero clusters as zero extents. Data clusters are read (compressed ones
+/// decompressed) so that a damaged one is reported.
+fn read_qcow2(path: &Path) -> Result<ExportInfo> {
+    let q = Qcow2Reader::open(path)?;
+    let record = q.record().copied();
+    let target_size = record.map_or(q.virtual_size(), |r| r.target_size.min(q.virtual_size()));
+    let cs = q.cluster_size();
+    let mut buf = vec![0u8; cs as usize];
+    let mut extents: Vec<Extent> = Vec::new();
+    'tables: for i in 0..q.l1_len() {
+        for (j, mapping) in q.l2_table(i)?.into_iter().enumerate() {
+            let offset = (i as u64 * (cs / 8) + j as u64) * cs;
+            if offset >= target_size {
+                break 'tables;
+            }
+            let kind = match mapping {
+                Mapping::Unallocated => continue,
+                Mapping::Zero => ExtentKind::Zero,
+                Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                    q.read_cluster(mapping, &mut buf)?;
+                    ExtentKind::Data
+                }
+            };
+            let length = cs.min(target_size - offset);
+            match extents.last_mut() {
+                Some(last) if last.end() == offset && last.kind == kind => last.length += length,
+                _ => extents.push(Extent {
+                    offset,
+                    length,
+                    kind,
+                }),
+            }
+        }
+    }
+    let total = |kind| {
+        extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
+    };
+    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+    Ok(ExportInfo {
+        output_type: "QCOW2",
+        version: 3,
+        block_size: cs,
+        base_size: record.map_or(0, |r| r.base_size),
+        target_size,
+        data_extents: count(ExtentKind::Data),
+        zero_extents: count(ExtentKind::Zero),
+        data_bytes: total(ExtentKind::Data),
+        zero_bytes: total(ExtentKind::Zero),
+        stored_bytes: q.file_size(),
+        base_digest: record.and_then(|r| r.base_digest).as_ref().map(hex),
+        target_digest: record.and_then(|r| r.target_digest).as_ref().map(hex),
+        backing_file: q.backing_file().map(str::to_string),
+        extents,
+    })
 }
