@@ -163,6 +163,7 @@ pub fn export_map(
 /// The header a sink receives for `map` over `target`.
 pub fn header_for<'a>(
     map: &'a ChangeMap,
+    base: &'a [u8],
     target: &'a [u8],
     digests: Option<&Digests>,
 ) -> ExportHeader<'a> {
@@ -178,6 +179,7 @@ pub fn header_for<'a>(
         target_digest: digests.map(|d| d.target),
         extents: &map.extents,
         target,
+        base,
     }
 }
 
@@ -194,7 +196,7 @@ fn stream(
         target.len() as u64,
         "change map of another target"
     );
-    let header = header_for(map, target, digests);
+    let header = header_for(map, base, target, digests);
     let total = header.data_bytes + header.zero_bytes;
     sink.begin(&header)?;
     let mut done = 0;

@@ -43,6 +43,8 @@ pub struct ExportHeader<'a> {
     pub extents: &'a [Extent],
     /// The whole target image, borrowed from its mapping.
     pub target: &'a [u8],
+    /// The whole base image (empty without a base).
+    pub base: &'a [u8],
 }
 
 impl fmt::Debug for ExportHeader<'_> {

@@ -151,6 +151,8 @@ struct Layout {
     /// L1 indices that get an L2 table, in order.
     l2_tables: Vec<u64>,
     data_offset: u64,
+    /// The unchanged last cluster stored as data, see [`tail_cluster`].
+    tail: Option<u64>,
     /// Placement of each data cluster in guest order (offsets relative to
     /// `data_offset` until the layout is final).
     placed: Vec<Placed>,
@@ -172,6 +174,8 @@ pub struct Qcow2Encoder<W: Write> {
     /// Index of the next data cluster to write, in guest order.
     next_data: usize,
     target_size: u64,
+    /// The tail cluster's bytes, padded, kept from `begin` for `finish`.
+    tail_bytes: Option<Vec<u8>>,
 }
 
 impl<W: Write> Qcow2Encoder<W> {
@@ -184,6 +188,7 @@ impl<W: Write> Qcow2Encoder<W> {
             written: 0,
             next_data: 0,
             target_size: 0,
+            tail_bytes: None,
         }
     }
 
@@ -225,13 +230,39 @@ fn compress(cluster: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
     Ok((c.len() < cluster.len()).then_some(c))
 }
 
-/// The guest offsets of every data cluster, in order.
+/// The guest offsets of every data cluster, in order: those of the data
+/// extents, then the tail cluster when [`tail_cluster`] says so.
 fn data_clusters<'a>(h: &'a ExportHeader<'a>) -> impl Iterator<Item = u64> + 'a {
     let cs = h.block_size.get();
     h.extents
         .iter()
         .filter(|e| e.kind == crate::geometry::ExtentKind::Data)
         .flat_map(move |e| (e.offset..e.end()).step_by(cs as usize))
+        .chain(tail_cluster(h))
+}
+
+/// The last cluster, when it must be stored although it is unchanged.
+///
+/// The virtual size is the target's rounded up to 512 bytes. Where the
+/// base is longer, an unchanged last cluster would show the base's bytes
+/// in that rounding instead of zeros, so it is stored as data: the
+/// target's bytes followed by zeros.
+fn tail_cluster(h: &ExportHeader<'_>) -> Option<u64> {
+    let cs = h.block_size.get();
+    let virtual_size = h.target_size.div_ceil(512) * 512;
+    if virtual_size == h.target_size {
+        return None;
+    }
+    let last = (h.target_size - 1) / cs * cs;
+    if h.extents.last().is_some_and(|e| e.end() > last) {
+        return None;
+    }
+    let tail = crate::detect::base_range(
+        h.base,
+        h.target_size as usize,
+        (virtual_size - h.target_size) as usize,
+    );
+    (!crate::detect::is_zero(tail)).then_some(last)
 }
 
 fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
@@ -315,11 +346,17 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
         0,
     );
 
-    // L2 tables for every L1 index with a changed cluster.
+    // L2 tables for every L1 index with a changed or tail cluster.
+    let tail = tail_cluster(h);
     let mut l2_tables: Vec<u64> = Vec::new();
-    for e in h.extents {
-        let first = e.offset / cs / l2_entries;
-        let last = (e.end() - 1) / cs / l2_entries;
+    let spans = h
+        .extents
+        .iter()
+        .map(|e| (e.offset, e.end()))
+        .chain(tail.map(|t| (t, t + 1)));
+    for (start, end) in spans {
+        let first = start / cs / l2_entries;
+        let last = (end - 1) / cs / l2_entries;
         for i in first..=last {
             if l2_tables.last() != Some(&i) {
                 l2_tables.push(i);
@@ -365,6 +402,7 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
         l2_offset,
         l2_tables,
         data_offset,
+        tail,
         placed,
         data_clusters,
         data_refcounts: refcounts,
@@ -526,9 +564,17 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
                 }
                 extents.next();
             }
+            if let Some(t) = l.tail.filter(|&t| t >= span_start && t < span_end) {
+                let at = ((t / l.cs - i * l2_entries) * 8) as usize;
+                let entry = l.data_entry(&l.placed[l.placed.len() - 1]);
+                l2[at..at + 8].copy_from_slice(&entry.to_be_bytes());
+            }
             self.put(&l2)?;
         }
         debug_assert_eq!(self.written, l.data_offset);
+        self.tail_bytes = l
+            .tail
+            .map(|t| cluster_bytes(h.target, t, l.cs).into_owned());
         self.layout = Some(l);
         Ok(())
     }
@@ -583,6 +629,23 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
 
     fn finish(&mut self) -> Result<SinkSummary> {
         let l = self.layout.take().expect("begin called first");
+        if let (Some(t), Some(target)) = (l.tail, self.tail_bytes.take()) {
+            let p = l.placed[self.next_data];
+            let stored = match self.options.zstd_level {
+                Some(level) if p.compressed => compress(&target, level)?.unwrap_or(target),
+                _ => target,
+            };
+            if stored.len() != p.stored as usize {
+                return Err(Error::Mismatch(format!(
+                    "cluster at {t} compressed to {} bytes, planned {}: the target changed during the export",
+                    stored.len(),
+                    p.stored
+                )));
+            }
+            self.pad_to(p.offset)?;
+            self.put(&stored)?;
+            self.next_data += 1;
+        }
         assert_eq!(self.next_data, l.placed.len(), "every data cluster written");
         self.pad_to(l.file_size)?;
         self.out
