@@ -178,10 +178,13 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
+/// A name, an optional base, a target and a block size.
+type Case = (&'static str, Option<Vec<u8>>, Vec<u8>, u64);
+
 #[test]
 fn edge_cases_pass_every_qemu_img_check() {
     let b = pattern(300_000, 1);
-    let mut cases: Vec<(&str, Option<Vec<u8>>, Vec<u8>, u64)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     let mut t = b.clone();
     t[70_000..80_000].fill(0);
     t[200_000..200_010].fill(9);
