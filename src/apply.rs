@@ -11,6 +11,7 @@ use crate::export::{digest, Phase, Progress};
 use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record, MAGIC};
 use crate::format::qcow2::{self, Mapping, Qcow2Reader};
 use crate::format::raw_sparse::map_path;
+use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
 use crate::image::Image;
 use crate::output::AtomicFile;
 use serde::Serialize;
@@ -83,8 +84,13 @@ pub fn apply(
                     "a qcow2 export cannot be read from standard input: give its path".into(),
                 ));
             }
+            let rbd = is_rbd_diff(&magic[..n]);
             let input = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(stdin));
-            apply_stream(base_bytes, input, output, force, progress)?
+            if rbd {
+                apply_rbd_diff(base_bytes, input, output, force, progress)?
+            } else {
+                apply_stream(base_bytes, input, output, force, progress)?
+            }
         }
         ExportInput::Path(path) => {
             // Open once (a FIFO cannot be opened twice) and decide by content.
@@ -95,6 +101,9 @@ pub fn apply(
             if n == magic.len() && magic == MAGIC {
                 let input = BufReader::new(std::io::Cursor::new(magic).chain(file));
                 apply_stream(base_bytes, input, output, force, progress)?
+            } else if is_rbd_diff(&magic[..n]) {
+                let input = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(file));
+                apply_rbd_diff(base_bytes, input, output, force, progress)?
             } else if qcow2::has_magic(&magic[..n]) {
                 if !file.metadata().at(path)?.is_file() {
                     return Err(Error::Unsupported(format!(
@@ -222,6 +231,59 @@ fn apply_raw_sparse(
     }
     let trailer = reader.trailer().expect("set after the last record");
     target.finish(trailer.target_digest, "RAW_SPARSE")
+}
+
+/// Whether `bytes` start like an `rbd diff` banner.
+pub(crate) fn is_rbd_diff(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"rbd diff")
+}
+
+/// Applies a Ceph `rbd diff` stream. The format records neither the base's
+/// size nor any checksum, so the wrong base cannot be detected; a stream
+/// without its end record is still refused.
+fn apply_rbd_diff<R: Read>(
+    base: &[u8],
+    input: R,
+    output: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ApplySummary> {
+    let mut reader = RbdDiffReader::new(input)?;
+    let mut target: Option<Target<'_>> = None;
+    let start = |size: u64| {
+        let expect = Expect {
+            base_size: None,
+            base_digest: None,
+            target_size: size,
+            total: size,
+        };
+        Target::start(base, &expect, output, force)
+    };
+    while let Some(record) = reader.next_record()? {
+        match record {
+            RbdRecord::FromSnap(_) | RbdRecord::ToSnap(_) => {}
+            RbdRecord::Size(size) => target = Some(start(size)?),
+            RbdRecord::Write { offset, data } => {
+                let t = target
+                    .as_mut()
+                    .expect("the reader refuses data before the size");
+                t.data(offset, data, None)?;
+                progress(t.progress_at(offset + data.len() as u64));
+            }
+            RbdRecord::Zero { offset, length } => {
+                let t = target
+                    .as_mut()
+                    .expect("the reader refuses data before the size");
+                t.zero(offset, length, None)?;
+                progress(t.progress_at(offset + length));
+            }
+        }
+    }
+    let target = match target {
+        Some(t) => t,
+        None => start(base.len() as u64)?,
+    };
+    target.finish(None, "RBD_DIFF")
 }
 
 fn apply_qcow2(
@@ -429,6 +491,16 @@ impl<'a> Target<'a> {
         self.records += 1;
         self.zero_bytes += length;
         Ok(())
+    }
+
+    /// Progress for exports whose records come in offset order without
+    /// announced totals: how far into the image the last record reached.
+    fn progress_at(&self, offset: u64) -> Progress {
+        Progress {
+            phase: Phase::Write,
+            done: offset.min(self.size),
+            total: self.size,
+        }
     }
 
     fn progress(&self) -> Progress {

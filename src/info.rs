@@ -1,11 +1,12 @@
 //! Decode an export and describe what it holds.
 
-use crate::apply::read_up_to;
 use crate::apply::ExportInput;
+use crate::apply::{is_rbd_diff, read_up_to};
 use crate::error::{Error, IoContext, Result};
 use crate::format::extent_list::{ExtentListReader, Record, MAGIC};
 use crate::format::qcow2::{self, Mapping, Qcow2Reader};
 use crate::format::raw_sparse::map_path;
+use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
 use crate::geometry::{Extent, ExtentKind};
 use serde::Serialize;
 use std::fs::File;
@@ -20,9 +21,11 @@ pub struct ExportInfo {
     pub output_type: &'static str,
     /// The format's version.
     pub version: u16,
-    /// Block size in bytes.
+    /// Block size in bytes; 0 where the format does not record one (rbd
+    /// diff).
     pub block_size: u64,
-    /// The base's size in bytes (0: made without a base).
+    /// The base's size in bytes (0: made without a base, or not recorded by
+    /// the format, as in rbd diff and qemu's qcow2).
     pub base_size: u64,
     /// The target's size in bytes.
     pub target_size: u64,
@@ -43,6 +46,12 @@ pub struct ExportInfo {
     /// The backing file a qcow2 overlay names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backing_file: Option<String>,
+    /// The snapshot an rbd diff starts from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_snap: Option<String>,
+    /// The snapshot an rbd diff leads to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_snap: Option<String>,
     /// The changed extents, merged, in offset order.
     pub extents: Vec<Extent>,
 }
@@ -54,7 +63,17 @@ fn hex(bytes: &[u8; 32]) -> String {
 /// Reads the whole export and checks it as apply would (without a base).
 pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
     match export {
-        ExportInput::Stdin => read_list(std::io::stdin().lock(), None),
+        ExportInput::Stdin => {
+            let mut stdin = std::io::stdin().lock();
+            let mut magic = [0u8; 8];
+            let n = read_up_to(&mut stdin, &mut magic).at(Path::new("-"))?;
+            let input = std::io::Cursor::new(magic[..n].to_vec()).chain(stdin);
+            if is_rbd_diff(&magic[..n]) {
+                read_rbd_diff(input)
+            } else {
+                read_list(input, None)
+            }
+        }
         ExportInput::Path(path) => {
             let mut file = File::open(path).at(path)?;
             let mut magic = [0u8; 8];
@@ -64,6 +83,8 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
                 read_list(std::io::Cursor::new(magic).chain(file), None)
             } else if qcow2::has_magic(&magic[..n]) {
                 read_qcow2(path)
+            } else if is_rbd_diff(&magic[..n]) {
+                read_rbd_diff(std::io::Cursor::new(magic[..n].to_vec()).chain(file))
             } else if map.exists() {
                 let size = file.metadata().at(path)?.len();
                 let info = read_list(File::open(&map).at(&map)?, Some((&file, path)))?;
@@ -140,6 +161,8 @@ fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo
         base_digest: h.base_digest.as_ref().map(hex),
         target_digest: t.target_digest.as_ref().map(hex),
         backing_file: None,
+        from_snap: None,
+        to_snap: None,
         extents,
     })
 }
@@ -221,6 +244,73 @@ fn read_qcow2(path: &Path) -> Result<ExportInfo> {
         base_digest: record.and_then(|r| r.base_digest).as_ref().map(hex),
         target_digest: record.and_then(|r| r.target_digest).as_ref().map(hex),
         backing_file: q.backing_file().map(str::to_string),
+        from_snap: None,
+        to_snap: None,
+        extents,
+    })
+}
+
+/// Describes a Ceph `rbd diff` stream: writes as data extents, zero
+/// records as zero extents, merged where they touch.
+fn read_rbd_diff(input: impl Read) -> Result<ExportInfo> {
+    let mut reader = RbdDiffReader::new(BufReader::new(input))?;
+    let version = u16::from(reader.version());
+    let (mut from_snap, mut to_snap, mut size) = (None, None, 0);
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut stored = 0u64;
+    while let Some(record) = reader.next_record()? {
+        let (offset, length, kind) = match record {
+            RbdRecord::FromSnap(name) => {
+                from_snap = Some(name.to_string());
+                continue;
+            }
+            RbdRecord::ToSnap(name) => {
+                to_snap = Some(name.to_string());
+                continue;
+            }
+            RbdRecord::Size(s) => {
+                size = s;
+                continue;
+            }
+            RbdRecord::Write { offset, data } => {
+                stored += data.len() as u64;
+                (offset, data.len() as u64, ExtentKind::Data)
+            }
+            RbdRecord::Zero { offset, length } => (offset, length, ExtentKind::Zero),
+        };
+        match extents.last_mut() {
+            Some(last) if last.end() == offset && last.kind == kind => last.length += length,
+            _ => extents.push(Extent {
+                offset,
+                length,
+                kind,
+            }),
+        }
+    }
+    let total = |kind| {
+        extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
+    };
+    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+    Ok(ExportInfo {
+        output_type: "RBD_DIFF",
+        version,
+        block_size: 0,
+        base_size: 0,
+        target_size: size,
+        data_extents: count(ExtentKind::Data),
+        zero_extents: count(ExtentKind::Zero),
+        data_bytes: total(ExtentKind::Data),
+        zero_bytes: total(ExtentKind::Zero),
+        stored_bytes: stored,
+        base_digest: None,
+        target_digest: None,
+        backing_file: None,
+        from_snap,
+        to_snap,
         extents,
     })
 }

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
 use snapdelta::format::raw_sparse::map_path;
+use snapdelta::format::rbd_diff::RbdDiffEncoder;
 use snapdelta::output::{refuse_existing, AtomicFile};
 use snapdelta::{
     apply, export_images, inspect, parse_size, BlockSize, Error, ExportInput, ExportOptions,
@@ -47,8 +48,8 @@ struct ExportArgs {
     /// Where to write the export; `-` writes to standard output.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
-    /// metadata-and-data, metadata-only, raw-sparse or qcow2 (the API's
-    /// spellings METADATA_AND_DATA, METADATA_ONLY, ... are accepted too).
+    /// metadata-and-data, metadata-only, raw-sparse, qcow2 or rbd-diff (the
+    /// API's spellings METADATA_AND_DATA, METADATA_ONLY, ... work too).
     #[arg(long, value_name = "TYPE", default_value = "metadata-and-data", value_parser = parse_output_type)]
     output_type: OutputType,
     /// Block size of change detection: a power of two from 4K to 2M.
@@ -62,6 +63,12 @@ struct ExportArgs {
     /// or zstd:LEVEL (1 to 22; default 3).
     #[arg(long, value_name = "zstd[:LEVEL]", value_parser = parse_compress)]
     compress: Option<i32>,
+    /// rbd-diff only: the snapshot the diff starts from.
+    #[arg(long, value_name = "NAME")]
+    from_snap: Option<String>,
+    /// rbd-diff only: the snapshot the diff leads to.
+    #[arg(long, value_name = "NAME")]
+    to_snap: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -258,8 +265,21 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         }
         (None, _) => None,
     };
-    let stream_encoder = |out: Box<dyn Write>| -> Box<dyn Sink> {
-        match args.output_type {
+    if (args.from_snap.is_some() || args.to_snap.is_some())
+        && args.output_type != OutputType::RbdDiff
+    {
+        return Err(Error::invalid(
+            "from-snap",
+            "--from-snap and --to-snap name the snapshots of an rbd-diff export",
+        ));
+    }
+    let stream_encoder = |out: Box<dyn Write>| -> snapdelta::Result<Box<dyn Sink>> {
+        Ok(match args.output_type {
+            OutputType::RbdDiff => Box::new(RbdDiffEncoder::new(
+                out,
+                args.from_snap.clone(),
+                args.to_snap.clone(),
+            )?),
             OutputType::Qcow2 => Box::new(Qcow2Encoder::new(
                 out,
                 Qcow2Options {
@@ -272,11 +292,11 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
                 ty == OutputType::MetadataAndData,
                 args.compress,
             )),
-        }
+        })
     };
     let summary = if to_stdout {
         let stdout = std::io::stdout().lock();
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)));
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
         export_images(
             base.as_ref(),
             &target,
@@ -322,7 +342,7 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             .file()
             .try_clone()
             .map_err(|e| Error::io(&args.output, e))?;
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(file)));
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(file)))?;
         let summary = export_images(
             base.as_ref(),
             &target,

@@ -3,6 +3,7 @@
 pub mod extent_list;
 pub mod qcow2;
 pub mod raw_sparse;
+pub mod rbd_diff;
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -21,6 +22,8 @@ pub enum OutputType {
     RawSparse,
     /// A qcow2 version 3 overlay whose backing file is the base.
     Qcow2,
+    /// Ceph's `rbd diff v1` stream.
+    RbdDiff,
 }
 
 impl OutputType {
@@ -31,6 +34,7 @@ impl OutputType {
             OutputType::MetadataOnly => "metadata-only",
             OutputType::RawSparse => "raw-sparse",
             OutputType::Qcow2 => "qcow2",
+            OutputType::RbdDiff => "rbd-diff",
         }
     }
 
@@ -41,6 +45,7 @@ impl OutputType {
             OutputType::MetadataOnly => "METADATA_ONLY",
             OutputType::RawSparse => "RAW_SPARSE",
             OutputType::Qcow2 => "QCOW2",
+            OutputType::RbdDiff => "RBD_DIFF",
         }
     }
 
@@ -50,11 +55,12 @@ impl OutputType {
     }
 
     /// Every output type.
-    pub const ALL: [OutputType; 4] = [
+    pub const ALL: [OutputType; 5] = [
         OutputType::MetadataAndData,
         OutputType::MetadataOnly,
         OutputType::RawSparse,
         OutputType::Qcow2,
+        OutputType::RbdDiff,
     ];
 }
 

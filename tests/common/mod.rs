@@ -108,8 +108,13 @@ pub fn owned(ext: &[Ext]) -> Vec<(u64, u64, String)> {
     ext.iter().map(|&(o, l, k)| (o, l, k.to_string())).collect()
 }
 
-/// The extent-producing output types of the CLI.
-pub const TYPES: [&str; 3] = ["metadata-and-data", "metadata-only", "raw-sparse"];
+/// The output types `roundtrip` covers (qcow2 has its own judge, qemu-img).
+pub const TYPES: [&str; 4] = [
+    "metadata-and-data",
+    "metadata-only",
+    "raw-sparse",
+    "rbd-diff",
+];
 
 /// Exports `base.img` -> `target.img` in `dir` (both must exist; a
 /// `base` of `None` exports without a base) in every output type, checks
@@ -154,7 +159,10 @@ pub fn roundtrip(dir: &Path, base: Option<&str>, target: &str, bs: usize) -> Vec
                 info["target_size"].as_u64(),
                 Some(target_bytes.len() as u64)
             );
-            assert_eq!(info["base_size"].as_u64(), Some(base_bytes.len() as u64));
+            if *ty != "rbd-diff" {
+                // rbd diff does not record the base's size.
+                assert_eq!(info["base_size"].as_u64(), Some(base_bytes.len() as u64));
+            }
             if *ty == "metadata-only" {
                 let err = fails(
                     dir,
