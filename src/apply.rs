@@ -8,10 +8,11 @@
 use crate::detect::{base_range, is_zero};
 use crate::error::{Error, IoContext, Result};
 use crate::export::{digest, Phase, Progress};
-use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record, MAGIC};
-use crate::format::qcow2::{self, Mapping, Qcow2Reader};
-use crate::format::raw_sparse::map_path;
+use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record};
+use crate::format::qcow2::{Mapping, Qcow2Reader};
+use crate::format::raw_sparse::{self, map_path};
 use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
+use crate::format::{sniff, Recognised};
 use crate::image::Image;
 use crate::output::AtomicFile;
 use serde::Serialize;
@@ -76,68 +77,57 @@ pub fn apply(
     let base_bytes = base_image.as_ref().map(Image::bytes).unwrap_or(&[]);
     let mut summary = match export {
         ExportInput::Stdin => {
-            let mut stdin = std::io::stdin().lock();
-            let mut magic = [0u8; 8];
-            let n = read_up_to(&mut stdin, &mut magic).at(Path::new("-"))?;
-            if qcow2::has_magic(&magic[..n]) {
-                return Err(Error::Unsupported(
-                    "a qcow2 export cannot be read from standard input: give its path".into(),
-                ));
-            }
-            let rbd = is_rbd_diff(&magic[..n]);
-            let input = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(stdin));
-            if rbd {
-                apply_rbd_diff(base_bytes, input, output, force, progress)?
-            } else {
-                apply_stream(base_bytes, input, output, force, progress)?
+            let stdin = std::io::stdin().lock();
+            let (kind, input) = sniff(stdin).at(Path::new("-"))?;
+            match kind {
+                Some(Recognised::RbdDiff) => {
+                    apply_rbd_diff(base_bytes, BufReader::new(input), output, force, progress)?
+                }
+                Some(Recognised::Qcow2) => {
+                    return Err(Error::Unsupported(
+                        "a qcow2 export cannot be read from standard input: give its path".into(),
+                    ))
+                }
+                _ => apply_stream(base_bytes, BufReader::new(input), output, force, progress)?,
             }
         }
         ExportInput::Path(path) => {
             // Open once (a FIFO cannot be opened twice) and decide by content.
-            let mut file = File::open(path).at(path)?;
-            let mut magic = [0u8; 8];
-            let n = read_up_to(&mut file, &mut magic).at(path)?;
-            let map = map_path(path);
-            if n == magic.len() && magic == MAGIC {
-                let input = BufReader::new(std::io::Cursor::new(magic).chain(file));
-                apply_stream(base_bytes, input, output, force, progress)?
-            } else if is_rbd_diff(&magic[..n]) {
-                let input = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(file));
-                apply_rbd_diff(base_bytes, input, output, force, progress)?
-            } else if qcow2::has_magic(&magic[..n]) {
-                if !file.metadata().at(path)?.is_file() {
+            let file = File::open(path).at(path)?;
+            let regular = file.metadata().at(path)?.is_file();
+            let (kind, input) = sniff(file).at(path)?;
+            match kind {
+                Some(Recognised::ExtentList) => {
+                    apply_stream(base_bytes, BufReader::new(input), output, force, progress)?
+                }
+                Some(Recognised::RbdDiff) => {
+                    apply_rbd_diff(base_bytes, BufReader::new(input), output, force, progress)?
+                }
+                Some(Recognised::Qcow2) if !regular => {
                     return Err(Error::Unsupported(format!(
                         "{}: a qcow2 export must be a regular file (its tables are read at random)",
                         path.display()
-                    )));
+                    )))
                 }
-                apply_qcow2(base_bytes, base.is_some(), path, output, force, progress)?
-            } else if map.exists() {
-                apply_raw_sparse(base_bytes, path, &map, output, force, progress)?
-            } else {
-                return Err(Error::Unsupported(format!(
-                    "{} is not an extent-list stream, and no change map {} lies beside it \
-                     as a raw sparse export needs",
-                    path.display(),
-                    map.display()
-                )));
+                Some(Recognised::Qcow2) => {
+                    apply_qcow2(base_bytes, base.is_some(), path, output, force, progress)?
+                }
+                None if map_path(path).exists() => {
+                    apply_raw_sparse(base_bytes, path, output, force, progress)?
+                }
+                None => {
+                    return Err(Error::Unsupported(format!(
+                        "{} is not an export snapdelta reads (extent-list, qcow2, rbd diff), \
+                         and no change map {} lies beside it as a raw sparse export needs",
+                        path.display(),
+                        map_path(path).display()
+                    )))
+                }
             }
         }
     };
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// Reads until `buf` is full or the input ends; returns the count.
-pub(crate) fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
 }
 
 fn apply_stream<R: Read>(
@@ -183,29 +173,12 @@ fn apply_stream<R: Read>(
 fn apply_raw_sparse(
     base: &[u8],
     data_path: &Path,
-    map: &Path,
     output: &Path,
     force: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ApplySummary> {
-    let map_file = File::open(map).at(map)?;
-    let mut reader = ExtentListReader::new(BufReader::new(map_file))?;
+    let (data, mut reader) = raw_sparse::open(data_path)?;
     let header = reader.header().clone();
-    if header.payloads {
-        return Err(Error::Unsupported(format!(
-            "{} holds data: it is an extent-list export, not the change map of a raw sparse export",
-            map.display()
-        )));
-    }
-    let data = File::open(data_path).at(data_path)?;
-    let size = data.metadata().at(data_path)?.len();
-    if size != header.target_size {
-        return Err(Error::Mismatch(format!(
-            "{} is {size} bytes, but its change map describes a target of {} bytes",
-            data_path.display(),
-            header.target_size
-        )));
-    }
     let mut target = Target::start(base, &Expect::from(&header), output, force)?;
     let mut buf = vec![0u8; header.record_limit as usize];
     while let Some(record) = reader.next_record()? {
@@ -218,7 +191,7 @@ fn apply_raw_sparse(
                 ..
             } => {
                 let bytes = &mut buf[..length as usize];
-                crate::info::read_raw_range(&data, data_path, offset, bytes, data_crc)?;
+                raw_sparse::read_range(&data, data_path, offset, bytes, data_crc)?;
                 target.data(offset, bytes, Some(base_crc))?;
             }
             Record::Zero {
@@ -231,11 +204,6 @@ fn apply_raw_sparse(
     }
     let trailer = reader.trailer().expect("set after the last record");
     target.finish(trailer.target_digest, "RAW_SPARSE")
-}
-
-/// Whether `bytes` start like an `rbd diff` banner.
-pub(crate) fn is_rbd_diff(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"rbd diff")
 }
 
 /// Applies a Ceph `rbd diff` stream. The format records neither the base's

@@ -91,6 +91,17 @@ impl Extent {
     }
 }
 
+/// Appends `extent` to `extents`, merging it into the last one when they
+/// touch and are of one kind.
+pub fn push_merged(extents: &mut Vec<Extent>, extent: Extent) {
+    match extents.last_mut() {
+        Some(last) if last.end() == extent.offset && last.kind == extent.kind => {
+            last.length += extent.length
+        }
+        _ => extents.push(extent),
+    }
+}
+
 /// Parses a byte size such as `4096`, `64K`, `64KiB`, `1M` or `1GiB`.
 ///
 /// Units are binary (K = 1024) whether or not they carry the `i`; a

@@ -1,23 +1,23 @@
 //! Decode an export and describe what it holds.
 
 use crate::apply::ExportInput;
-use crate::apply::{is_rbd_diff, read_up_to};
-use crate::error::{Error, IoContext, Result};
-use crate::format::extent_list::{ExtentListReader, Record, MAGIC};
-use crate::format::qcow2::{self, Mapping, Qcow2Reader};
-use crate::format::raw_sparse::map_path;
+use crate::error::{IoContext, Result};
+use crate::format::extent_list::{ExtentListReader, ListHeader, Record, Trailer};
+use crate::format::qcow2::{Mapping, Qcow2Reader};
+use crate::format::raw_sparse::{self, map_path};
 use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
-use crate::geometry::{Extent, ExtentKind};
+use crate::format::{sniff, Recognised};
+use crate::geometry::{push_merged, Extent, ExtentKind};
 use serde::Serialize;
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// What an export holds, after every check of its format passed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExportInfo {
-    /// `METADATA_AND_DATA`, `METADATA_ONLY` or `RAW_SPARSE`.
+    /// `METADATA_AND_DATA`, `METADATA_ONLY`, `RAW_SPARSE`, `QCOW2` or
+    /// `RBD_DIFF`.
     pub output_type: &'static str,
     /// The format's version.
     pub version: u16,
@@ -64,50 +64,48 @@ fn hex(bytes: &[u8; 32]) -> String {
 pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
     match export {
         ExportInput::Stdin => {
-            let mut stdin = std::io::stdin().lock();
-            let mut magic = [0u8; 8];
-            let n = read_up_to(&mut stdin, &mut magic).at(Path::new("-"))?;
-            let input = std::io::Cursor::new(magic[..n].to_vec()).chain(stdin);
-            if is_rbd_diff(&magic[..n]) {
-                read_rbd_diff(input)
-            } else {
-                read_list(input, None)
+            let (kind, input) = sniff(std::io::stdin().lock()).at(Path::new("-"))?;
+            match kind {
+                Some(Recognised::RbdDiff) => read_rbd_diff(input),
+                _ => read_list(input),
             }
         }
         ExportInput::Path(path) => {
-            let mut file = File::open(path).at(path)?;
-            let mut magic = [0u8; 8];
-            let n = read_up_to(&mut file, &mut magic).at(path)?;
-            let map = map_path(path);
-            if n == magic.len() && magic == MAGIC {
-                read_list(std::io::Cursor::new(magic).chain(file), None)
-            } else if qcow2::has_magic(&magic[..n]) {
-                read_qcow2(path)
-            } else if is_rbd_diff(&magic[..n]) {
-                read_rbd_diff(std::io::Cursor::new(magic[..n].to_vec()).chain(file))
-            } else if map.exists() {
-                let size = file.metadata().at(path)?.len();
-                let info = read_list(File::open(&map).at(&map)?, Some((&file, path)))?;
-                if size != info.target_size {
-                    return Err(Error::Mismatch(format!(
-                        "{} is {size} bytes, but its change map describes a target of {} bytes",
-                        path.display(),
-                        info.target_size
-                    )));
-                }
-                Ok(info)
-            } else {
-                read_list(std::io::Cursor::new(magic[..n].to_vec()).chain(file), None)
+            let (kind, input) = sniff(File::open(path).at(path)?).at(path)?;
+            match kind {
+                Some(Recognised::Qcow2) => read_qcow2(path),
+                Some(Recognised::RbdDiff) => read_rbd_diff(input),
+                None if map_path(path).exists() => read_raw_sparse(path),
+                _ => read_list(input),
             }
         }
     }
 }
 
-/// Decodes an extent-list stream; with `raw`, it is the change map of the
-/// raw sparse data file given, whose data ranges are checked against it.
-fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo> {
-    let mut reader = ExtentListReader::new(BufReader::new(input))?;
-    let h = reader.header().clone();
+/// Counts and totals of merged extents.
+fn totals(extents: &[Extent]) -> (u64, u64, u64, u64) {
+    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+    let bytes = |kind| {
+        extents
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.length)
+            .sum()
+    };
+    (
+        count(ExtentKind::Data),
+        count(ExtentKind::Zero),
+        bytes(ExtentKind::Data),
+        bytes(ExtentKind::Zero),
+    )
+}
+
+/// The merged extents of a checked extent-list stream. `check_data`, when
+/// given, is called for every data record.
+fn list_extents<R: Read>(
+    reader: &mut ExtentListReader<R>,
+    mut check_data: impl FnMut(u64, u64, u32) -> Result<()>,
+) -> Result<Vec<Extent>> {
     let mut extents: Vec<Extent> = Vec::new();
     while let Some(record) = reader.next_record()? {
         let (offset, length, kind) = match record {
@@ -117,37 +115,32 @@ fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo
                 data_crc,
                 ..
             } => {
-                if let Some((file, path)) = raw {
-                    // `length` is at most the header's record limit (8 MiB).
-                    let mut buf = vec![0u8; length as usize];
-                    read_raw_range(file, path, offset, &mut buf, data_crc)?;
-                }
+                check_data(offset, length, data_crc)?;
                 (offset, length, ExtentKind::Data)
             }
             Record::Zero { offset, length, .. } => (offset, length, ExtentKind::Zero),
         };
-        match extents.last_mut() {
-            Some(last) if last.end() == offset && last.kind == kind => last.length += length,
-            _ => extents.push(Extent {
+        push_merged(
+            &mut extents,
+            Extent {
                 offset,
                 length,
                 kind,
-            }),
-        }
+            },
+        );
     }
-    let t = reader.trailer().expect("set after the last record");
-    let output_type = match (raw, h.payloads) {
-        (Some(_), false) => "RAW_SPARSE",
-        (Some(_), true) => {
-            return Err(Error::Unsupported(
-                "the change map beside a raw sparse export holds data: not a raw sparse export"
-                    .into(),
-            ))
-        }
-        (None, true) => "METADATA_AND_DATA",
-        (None, false) => "METADATA_ONLY",
-    };
-    Ok(ExportInfo {
+    Ok(extents)
+}
+
+/// The info of an extent-list stream, from its header, end record and
+/// extents.
+fn list_info(
+    output_type: &'static str,
+    h: &ListHeader,
+    t: &Trailer,
+    extents: Vec<Extent>,
+) -> ExportInfo {
+    ExportInfo {
         output_type,
         version: crate::format::extent_list::VERSION,
         block_size: h.block_size.get(),
@@ -164,27 +157,34 @@ fn read_list(input: impl Read, raw: Option<(&File, &Path)>) -> Result<ExportInfo
         from_snap: None,
         to_snap: None,
         extents,
-    })
+    }
 }
 
-/// Reads `buf.len()` bytes at `offset` of a raw sparse data file and checks
-/// that their CRC-32C is the one its change map records.
-pub(crate) fn read_raw_range(
-    file: &File,
-    path: &Path,
-    offset: u64,
-    buf: &mut [u8],
-    crc: u32,
-) -> Result<()> {
-    let length = buf.len();
-    file.read_exact_at(buf, offset).at(path)?;
-    if crc32c::crc32c(buf) != crc {
-        return Err(Error::Mismatch(format!(
-            "{}: the bytes at {offset}+{length} do not match its change map (the file was changed)",
-            path.display()
-        )));
-    }
-    Ok(())
+/// Decodes an extent-list stream.
+fn read_list(input: impl Read) -> Result<ExportInfo> {
+    let mut reader = ExtentListReader::new(BufReader::new(input))?;
+    let extents = list_extents(&mut reader, |_, _, _| Ok(()))?;
+    let h = reader.header();
+    let output_type = if h.payloads {
+        "METADATA_AND_DATA"
+    } else {
+        "METADATA_ONLY"
+    };
+    let t = reader.trailer().expect("set after the last record");
+    Ok(list_info(output_type, h, t, extents))
+}
+
+/// Decodes a raw sparse export's change map and checks every data range
+/// of its data file against it.
+fn read_raw_sparse(path: &Path) -> Result<ExportInfo> {
+    let (data, mut reader) = raw_sparse::open(path)?;
+    let extents = list_extents(&mut reader, |offset, length, crc| {
+        // `length` is at most the header's record limit (8 MiB).
+        let mut buf = vec![0u8; length as usize];
+        raw_sparse::read_range(&data, path, offset, &mut buf, crc)
+    })?;
+    let t = reader.trailer().expect("set after the last record");
+    Ok(list_info("RAW_SPARSE", reader.header(), t, extents))
 }
 
 /// Describes a qcow2 overlay: its allocated clusters as data extents, its
@@ -212,34 +212,27 @@ fn read_qcow2(path: &Path) -> Result<ExportInfo> {
                 }
             };
             let length = cs.min(target_size - offset);
-            match extents.last_mut() {
-                Some(last) if last.end() == offset && last.kind == kind => last.length += length,
-                _ => extents.push(Extent {
+            push_merged(
+                &mut extents,
+                Extent {
                     offset,
                     length,
                     kind,
-                }),
-            }
+                },
+            );
         }
     }
-    let total = |kind| {
-        extents
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.length)
-            .sum()
-    };
-    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+    let (data_extents, zero_extents, data_bytes, zero_bytes) = totals(&extents);
     Ok(ExportInfo {
         output_type: "QCOW2",
         version: 3,
         block_size: cs,
         base_size: record.map_or(0, |r| r.base_size),
         target_size,
-        data_extents: count(ExtentKind::Data),
-        zero_extents: count(ExtentKind::Zero),
-        data_bytes: total(ExtentKind::Data),
-        zero_bytes: total(ExtentKind::Zero),
+        data_extents,
+        zero_extents,
+        data_bytes,
+        zero_bytes,
         stored_bytes: q.file_size(),
         base_digest: record.and_then(|r| r.base_digest).as_ref().map(hex),
         target_digest: record.and_then(|r| r.target_digest).as_ref().map(hex),
@@ -278,33 +271,26 @@ fn read_rbd_diff(input: impl Read) -> Result<ExportInfo> {
             }
             RbdRecord::Zero { offset, length } => (offset, length, ExtentKind::Zero),
         };
-        match extents.last_mut() {
-            Some(last) if last.end() == offset && last.kind == kind => last.length += length,
-            _ => extents.push(Extent {
+        push_merged(
+            &mut extents,
+            Extent {
                 offset,
                 length,
                 kind,
-            }),
-        }
+            },
+        );
     }
-    let total = |kind| {
-        extents
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.length)
-            .sum()
-    };
-    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+    let (data_extents, zero_extents, data_bytes, zero_bytes) = totals(&extents);
     Ok(ExportInfo {
         output_type: "RBD_DIFF",
         version,
         block_size: 0,
         base_size: 0,
         target_size: size,
-        data_extents: count(ExtentKind::Data),
-        zero_extents: count(ExtentKind::Zero),
-        data_bytes: total(ExtentKind::Data),
-        zero_bytes: total(ExtentKind::Zero),
+        data_extents,
+        zero_extents,
+        data_bytes,
+        zero_bytes,
         stored_bytes: stored,
         base_digest: None,
         target_digest: None,

@@ -11,7 +11,7 @@ mod compare;
 pub(crate) use compare::base_range;
 pub use compare::{classify, is_zero};
 
-use crate::geometry::{BlockSize, Extent, ExtentKind};
+use crate::geometry::{push_merged, BlockSize, Extent, ExtentKind};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -54,14 +54,10 @@ impl ChangeMap {
     /// If the extent starts before the end of the last one (a bug in the
     /// caller, never a property of the input).
     pub fn push(&mut self, extent: Extent) {
-        if let Some(last) = self.extents.last_mut() {
+        if let Some(last) = self.extents.last() {
             assert!(extent.offset >= last.end(), "extents pushed out of order");
-            if last.end() == extent.offset && last.kind == extent.kind {
-                last.length += extent.length;
-                return;
-            }
         }
-        self.extents.push(extent);
+        push_merged(&mut self.extents, extent);
     }
 
     /// Number of extents of `kind`.
@@ -146,14 +142,14 @@ fn classify_range(base: &[u8], target: &[u8], bs: BlockSize, start: u64, end: u6
         let len = bs.get().min(end - offset);
         let (o, l) = (offset as usize, len as usize);
         if let Some(kind) = classify(base_range(base, o, l), &target[o..o + l]) {
-            match out.last_mut() {
-                Some(last) if last.end() == offset && last.kind == kind => last.length += len,
-                _ => out.push(Extent {
+            push_merged(
+                &mut out,
+                Extent {
                     offset,
                     length: len,
                     kind,
-                }),
-            }
+                },
+            );
         }
         offset += len;
     }

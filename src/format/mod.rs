@@ -7,6 +7,7 @@ pub mod rbd_diff;
 
 use crate::error::{Error, Result};
 use std::fmt;
+use std::io::{self, Read};
 use std::str::FromStr;
 
 /// Which export the caller asked for.
@@ -96,6 +97,58 @@ impl FromStr for OutputType {
                 )
             })
     }
+}
+
+/// A format recognised from an export's first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recognised {
+    /// An extent-list stream (`METADATA_AND_DATA` or `METADATA_ONLY`).
+    ExtentList,
+    /// A qcow2 image.
+    Qcow2,
+    /// A Ceph `rbd diff` stream, v1 or v2.
+    RbdDiff,
+}
+
+/// What the first bytes of an export say it is. A raw sparse data file
+/// has no signature: it is known by the change map beside it.
+pub fn recognise(head: &[u8]) -> Option<Recognised> {
+    if extent_list::has_magic(head) {
+        Some(Recognised::ExtentList)
+    } else if qcow2::has_magic(head) {
+        Some(Recognised::Qcow2)
+    } else if head.starts_with(b"rbd diff") {
+        Some(Recognised::RbdDiff)
+    } else {
+        None
+    }
+}
+
+/// The reader `sniff` hands back: the bytes it read, then the rest.
+pub(crate) type Sniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first bytes of `input` (it may be a pipe: they are read once)
+/// and returns what they say, with a reader that yields them again
+/// followed by the rest.
+pub(crate) fn sniff<R: Read>(mut input: R) -> io::Result<(Option<Recognised>, Sniffed<R>)> {
+    let mut head = [0u8; 8];
+    let n = read_up_to(&mut input, &mut head)?;
+    let kind = recognise(&head[..n]);
+    Ok((kind, io::Cursor::new(head[..n].to_vec()).chain(input)))
+}
+
+/// Reads until `buf` is full or the input ends; returns the count.
+pub(crate) fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 //! where it says zero and refuses a data file that no longer matches.
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::extent_list::ExtentListEncoder;
+use crate::format::extent_list::{ExtentListEncoder, ExtentListReader};
 use crate::sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,46 @@ pub fn map_path(export: &Path) -> PathBuf {
     let mut name = OsString::from(export.as_os_str());
     name.push(".map");
     PathBuf::from(name)
+}
+
+/// Opens a raw sparse export for reading: its data file and a reader of
+/// its change map, checked to be a map (no payloads) of a target the data
+/// file's size.
+pub fn open(data_path: &Path) -> Result<(File, ExtentListReader<BufReader<File>>)> {
+    let map = map_path(data_path);
+    let map_file = File::open(&map).at(&map)?;
+    let reader = ExtentListReader::new(BufReader::new(map_file))?;
+    let header = reader.header();
+    if header.payloads {
+        return Err(Error::Unsupported(format!(
+            "{} holds data: it is an extent-list export, not the change map of a raw sparse export",
+            map.display()
+        )));
+    }
+    let data = File::open(data_path).at(data_path)?;
+    let size = data.metadata().at(data_path)?.len();
+    if size != header.target_size {
+        return Err(Error::Mismatch(format!(
+            "{} is {size} bytes, but its change map describes a target of {} bytes",
+            data_path.display(),
+            header.target_size
+        )));
+    }
+    Ok((data, reader))
+}
+
+/// Reads `buf.len()` bytes at `offset` of a raw sparse data file and checks
+/// that their CRC-32C is the one its change map records.
+pub fn read_range(file: &File, path: &Path, offset: u64, buf: &mut [u8], crc: u32) -> Result<()> {
+    file.read_exact_at(buf, offset).at(path)?;
+    if crc32c::crc32c(buf) != crc {
+        return Err(Error::Mismatch(format!(
+            "{}: the bytes at {offset}+{} do not match its change map (the file was changed)",
+            path.display(),
+            buf.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes a raw sparse export: data into a seekable file, the change map
