@@ -550,3 +550,43 @@ fn unsupported_and_damaged_qcow2_is_refused() {
     );
     assert!(err.contains("mismatch"), "{err}");
 }
+
+/// The overlay is written in one sequential pass: to a pipe it is the same
+/// bytes as to a file, and qemu-img accepts it.
+#[test]
+fn qcow2_streams_to_a_pipe() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let b = pattern(3 << 20, 1);
+    let mut t = b.clone();
+    t[1 << 20..(1 << 20) + 5000].fill(0);
+    t[2 << 20] ^= 1;
+    write(p, "base.img", &b);
+    write(p, "target.img", &t);
+    for compress in [&[][..], &["--compress", "zstd:5"]] {
+        let mut args = vec![
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "--output-type",
+            "qcow2",
+            "--block-size",
+            "4K",
+        ];
+        args.extend_from_slice(compress);
+        let mut to_file = args.clone();
+        to_file.extend(["-o", "file.qcow2", "--force"]);
+        ok(p, &to_file);
+        let mut to_pipe = args.clone();
+        to_pipe.extend(["-o", "-"]);
+        let piped = ok(p, &to_pipe).stdout;
+        assert!(
+            piped == std::fs::read(p.join("file.qcow2")).unwrap(),
+            "{compress:?}"
+        );
+        write(p, "piped.qcow2", &piped);
+        qemu_ok(p, &["check", "piped.qcow2"]);
+        qemu_ok(p, &["compare", "piped.qcow2", "target.img"]);
+    }
+}
