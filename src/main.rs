@@ -466,7 +466,7 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
         );
     } else {
         println!(
-            "{}: {} bytes rebuilt from {} records ({} data bytes, {} zero bytes){}",
+            "{}: {} bytes rebuilt; {} export records applied ({} data bytes, {} zero bytes){}",
             args.output.display(),
             summary.target_size,
             summary.records,

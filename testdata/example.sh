@@ -11,6 +11,7 @@ work=${1:-example}
 mkdir -p "$work"
 bin="$here/../target/release/snapdelta"
 
+echo "building snapdelta (release; the first build takes a few minutes)..."
 cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
 "$here/make-ext4-pairs.sh" "$work" > /dev/null
 
