@@ -225,7 +225,7 @@ fn read_qcow2(path: &Path) -> Result<ExportInfo> {
     let (data_extents, zero_extents, data_bytes, zero_bytes) = totals(&extents);
     Ok(ExportInfo {
         output_type: "QCOW2",
-        version: 3,
+        version: q.version() as u16,
         block_size: cs,
         base_size: record.map_or(0, |r| r.base_size),
         target_size,

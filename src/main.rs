@@ -249,6 +249,12 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     };
     let mut bar = Bar::new();
     let mut progress = |p: Progress| bar.update(p);
+    if args.backing.is_some() && args.output_type != OutputType::Qcow2 {
+        return Err(Error::invalid(
+            "backing",
+            "--backing names the backing file of a qcow2 export",
+        ));
+    }
     let backing = match (&args.backing, &args.base) {
         (Some(name), Some(_)) => Some(name.clone()),
         (Some(_), None) => {

@@ -203,6 +203,8 @@ fn edge_cases_pass_every_qemu_img_check() {
     *last.last_mut().unwrap() ^= 1;
     cases.push(("lastbyte", Some(b.clone()), last, 65536));
     cases.push(("nobase", None, pattern(200_000, 3), 65536));
+    cases.push(("empty", Some(b.clone()), Vec::new(), 65536));
+    cases.push(("empty-nobase", None, Vec::new(), 4096));
     cases.push(("big-cluster", Some(b.clone()), pattern(300_000, 7), 2 << 20));
     // B06: 10000 bytes, changes in the first block and at the last byte.
     let b06 = vec![0x41u8; 10000];
@@ -469,6 +471,28 @@ fn unsupported_and_damaged_qcow2_is_refused() {
             "1M",
         ],
     );
+    qemu_ok(p, &["convert", "-q", "-O", "qcow2", "base.img", "b.qcow2"]);
+    qemu_ok(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "-b",
+            "b.qcow2",
+            "-F",
+            "qcow2",
+            "v2q.qcow2",
+        ],
+    );
+    let err = fails(
+        p,
+        &["apply", "--base", "b.qcow2", "v2q.qcow2", "-o", "never.img"],
+    );
+    assert!(err.contains("qcow2 backing file"), "{err}");
     for (file, words) in [
         ("snap.qcow2", "internal snapshots"),
         ("ext.qcow2", "extended L2"),

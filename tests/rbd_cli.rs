@@ -179,3 +179,47 @@ fn snapshot_names_are_written_and_read() {
     assert!(err.contains("truncated"), "{err}");
     assert!(!p.join("never.img").exists());
 }
+
+/// Records that overlap or go backwards, and sizes no file can have, are
+/// refused rather than applied in some order.
+#[test]
+fn out_of_order_and_oversized_streams_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("base.img"), vec![0u8; 8192]).unwrap();
+    let record = |tag: u8, offset: u64, length: u64| {
+        let mut v = vec![tag];
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(&length.to_le_bytes());
+        v
+    };
+    let stream = |size: u64, records: &[Vec<u8>]| {
+        let mut v = b"rbd diff v1\ns".to_vec();
+        v.extend_from_slice(&size.to_le_bytes());
+        for r in records {
+            v.extend_from_slice(r);
+        }
+        v.push(b'e');
+        v
+    };
+    let mut write = record(b'w', 0, 4096);
+    write.extend_from_slice(&[0xff; 4096]);
+    for (name, bytes, words) in [
+        (
+            "overlap.rbd",
+            stream(8192, &[write.clone(), record(b'z', 0, 4096)]),
+            "out of order",
+        ),
+        (
+            "backwards.rbd",
+            stream(8192, &[record(b'z', 4096, 4096), write]),
+            "out of order",
+        ),
+        ("huge.rbd", stream(1 << 63, &[]), "2^63"),
+    ] {
+        std::fs::write(p.join(name), bytes).unwrap();
+        let err = fails(p, &["apply", "--base", "base.img", name, "-o", "never.img"]);
+        assert!(err.contains(words), "{name}: {err}");
+        assert!(!p.join("never.img").exists());
+    }
+}

@@ -264,6 +264,8 @@ pub struct RbdDiffReader<R: Read> {
     from_seen: bool,
     to_seen: bool,
     data_seen: bool,
+    /// Where the last write or zero record ended in the image.
+    next_offset: u64,
     ended: bool,
     name: String,
     chunk: Vec<u8>,
@@ -325,6 +327,7 @@ impl<R: Read> RbdDiffReader<R> {
             from_seen: false,
             to_seen: false,
             data_seen: false,
+            next_offset: 0,
             ended: false,
             name: String::new(),
             chunk: Vec::new(),
@@ -412,6 +415,12 @@ impl<R: Read> RbdDiffReader<R> {
                 if self.size.is_some() {
                     return Err(corrupt(at, "a second size record"));
                 }
+                if size > i64::MAX as u64 {
+                    return Err(corrupt(
+                        at,
+                        format!("image size {size} is 2^63 bytes or more"),
+                    ));
+                }
                 self.size = Some(size);
                 Ok(Some(RbdRecord::Size(size)))
             }
@@ -431,6 +440,7 @@ impl<R: Read> RbdDiffReader<R> {
                     check_payload(at, kind, payload_len, |l| l.checked_sub(16) == Some(length))?;
                 }
                 self.check_range(at, kind, offset, length)?;
+                self.next_offset = offset + length;
                 self.data_seen = true;
                 if tag == TAG_ZERO {
                     return Ok(Some(RbdRecord::Zero { offset, length }));
@@ -512,6 +522,18 @@ impl<R: Read> RbdDiffReader<R> {
             return Err(corrupt(
                 at,
                 format!("{kind} record {offset}+{length} extends past the image size {size}"),
+            ));
+        }
+        // Applying records in any order must give one result, so they come
+        // in increasing offset order without overlapping, as `rbd
+        // export-diff` writes them and `rbd merge-diff` requires.
+        if offset < self.next_offset {
+            return Err(corrupt(
+                at,
+                format!(
+                    "{kind} record at image offset {offset} is out of order: the record before it ends at {}",
+                    self.next_offset
+                ),
             ));
         }
         Ok(())

@@ -186,11 +186,9 @@ impl Qcow2Reader {
         } else {
             backing_offset
         };
-        let (backing_format, record) = if version == 3 {
-            read_extensions(&first, header_len, ext_end)?
-        } else {
-            (None, None)
-        };
+        // qemu writes header extensions after the 72-byte version 2 header
+        // too.
+        let (backing_format, record) = read_extensions(&first, header_len, ext_end)?;
 
         let l1_size = u64::from(be32(&head, 36));
         let l1_offset = be64(&head, 40);
@@ -271,6 +269,11 @@ impl Qcow2Reader {
     /// snapdelta's record, in images snapdelta wrote.
     pub fn record(&self) -> Option<&ExportRecord> {
         self.record.as_ref()
+    }
+
+    /// The format version, 2 or 3.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The file's size.
@@ -444,4 +447,5 @@ fn read_extensions(
         }
         at = at + 8 + len.div_ceil(8) * 8;
     }
+    Ok((format, record))
 }

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
 use rayon::prelude::*;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// How to write the overlay.
 #[derive(Clone, Debug, Default)]
@@ -54,9 +54,22 @@ const BATCH: usize = 256;
 pub fn backing_name(base: &Path, overlay: Option<&Path>) -> Result<String> {
     let name: PathBuf = match overlay {
         Some(overlay) if base.is_relative() => {
-            let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
-            let dir = overlay.parent().unwrap_or(Path::new(""));
-            relative_to(&normalize(&cwd.join(base)), &normalize(&cwd.join(dir)))
+            // Resolve both directories as the kernel will (symbolic links,
+            // `..`), keeping the base's own file name as given.
+            let resolve = |dir: &Path| {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))
+            };
+            let base_dir = resolve(base.parent().unwrap_or(Path::new("")))?;
+            let overlay_dir = resolve(overlay.parent().unwrap_or(Path::new("")))?;
+            let file = base.file_name().ok_or_else(|| {
+                Error::invalid("base", format!("{} names no file", base.display()))
+            })?;
+            relative_to(&base_dir.join(file), &overlay_dir)
         }
         _ => base.to_path_buf(),
     };
@@ -93,21 +106,6 @@ fn check_backing_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// `path` with `.` and `..` folded, without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// `path` relative to the directory `dir`, both absolute and normalized.
@@ -363,7 +361,7 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
             }
         }
     }
-    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
 
     // Refcount blocks must count themselves and the table: iterate to a
     // fixed point.
@@ -663,30 +661,41 @@ mod tests {
 
     #[test]
     fn backing_names() {
-        let p = |s: &str| Path::new(s).to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/deep")).unwrap();
+        std::fs::create_dir_all(d.join("base dir")).unwrap();
+        std::os::unix::fs::symlink(d.join("sub/deep"), d.join("link")).unwrap();
+        let p = |s: &str| d.join(s);
+        let rel = |base: &str, overlay: &str| {
+            let cwd = std::env::current_dir().unwrap();
+            let base = pathdiff(&p(base), &cwd);
+            let overlay = pathdiff(&p(overlay), &cwd);
+            backing_name(&base, Some(&overlay)).unwrap()
+        };
         assert_eq!(
-            backing_name(&p("/abs/b.raw"), Some(&p("o.qcow2"))).unwrap(),
+            backing_name(Path::new("/abs/b.raw"), Some(Path::new("o.qcow2"))).unwrap(),
             "/abs/b.raw"
         );
+        assert_eq!(rel("b.raw", "o.qcow2"), "b.raw");
+        assert_eq!(rel("b.raw", "sub/o.qcow2"), "../b.raw");
+        assert_eq!(rel("b.raw", "link/o.qcow2"), "../../b.raw");
         assert_eq!(
-            backing_name(&p("b.raw"), Some(&p("o.qcow2"))).unwrap(),
-            "b.raw"
-        );
-        assert_eq!(
-            backing_name(&p("b.raw"), Some(&p("sub/o.qcow2"))).unwrap(),
-            "../b.raw"
-        );
-        assert_eq!(
-            backing_name(&p("base dir/ba:se,x.raw"), Some(&p("base dir/o1.qcow2"))).unwrap(),
+            rel("base dir/ba:se,x.raw", "base dir/o1.qcow2"),
             "./ba:se,x.raw"
         );
-        assert_eq!(backing_name(&p("ba:se"), None).unwrap(), "./ba:se");
-        assert_eq!(backing_name(&p("d/x:y"), None).unwrap(), "d/x:y");
+        assert_eq!(backing_name(Path::new("ba:se"), None).unwrap(), "./ba:se");
+        assert_eq!(backing_name(Path::new("d/x:y"), None).unwrap(), "d/x:y");
         let long = "a".repeat(1024);
-        assert!(backing_name(&p(&long), None)
+        assert!(backing_name(Path::new(&long), None)
             .unwrap_err()
             .to_string()
             .contains("too long"));
-        assert!(backing_name(&p(&"a".repeat(1023)), None).is_ok());
+        assert!(backing_name(Path::new(&"a".repeat(1023)), None).is_ok());
+    }
+
+    /// `path` relative to `dir`, textually (both absolute).
+    fn pathdiff(path: &Path, dir: &Path) -> PathBuf {
+        relative_to(path, dir)
     }
 }
