@@ -410,7 +410,9 @@ fn read_extensions(
     let mut at = start as usize;
     let end = (end as usize).min(first.len());
     let (mut format, mut record) = (None, None);
-    loop {
+    // As qemu does: extensions run until the end marker or the end of the
+    // area (where a version 2 image may have none at all).
+    while at < end {
         if at + 8 > end {
             return Err(corrupt(
                 at as u64,
