@@ -6,14 +6,15 @@
 //! failed apply leaves nothing under the output's name.
 
 use crate::detect::{base_range, is_zero};
+use crate::digest::image_digest;
 use crate::error::{Error, IoContext, Result};
-use crate::export::{digest, Phase, Progress};
+use crate::export::{Phase, Progress};
 use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record};
 use crate::format::qcow2::{Mapping, Qcow2Reader};
 use crate::format::raw_sparse::{self, map_path};
 use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
 use crate::format::{sniff, Recognised};
-use crate::image::Image;
+use crate::image::{Image, Source};
 use crate::output::AtomicFile;
 use serde::Serialize;
 use std::fs::File;
@@ -74,7 +75,10 @@ pub fn apply(
     let started = Instant::now();
     crate::output::refuse_existing(output, force)?;
     let base_image = base.map(Image::open).transpose()?;
-    let base_bytes = base_image.as_ref().map(Image::bytes).unwrap_or(&[]);
+    let base_source = base_image
+        .as_ref()
+        .map_or_else(|| Source::from_bytes(&[]), Image::source);
+    let base_bytes = &base_source;
     let mut summary = match export {
         ExportInput::Stdin => {
             let stdin = std::io::stdin().lock();
@@ -131,7 +135,7 @@ pub fn apply(
 }
 
 fn apply_stream<R: Read>(
-    base: &[u8],
+    base: &Source<'_>,
     input: R,
     output: &Path,
     force: bool,
@@ -171,7 +175,7 @@ fn apply_stream<R: Read>(
 }
 
 fn apply_raw_sparse(
-    base: &[u8],
+    base: &Source<'_>,
     data_path: &Path,
     output: &Path,
     force: bool,
@@ -210,7 +214,7 @@ fn apply_raw_sparse(
 /// size nor any checksum, so the wrong base cannot be detected; a stream
 /// without its end record is still refused.
 fn apply_rbd_diff<R: Read>(
-    base: &[u8],
+    base: &Source<'_>,
     input: R,
     output: &Path,
     force: bool,
@@ -249,13 +253,13 @@ fn apply_rbd_diff<R: Read>(
     }
     let target = match target {
         Some(t) => t,
-        None => start(base.len() as u64)?,
+        None => start(base.len())?,
     };
     target.finish(None, "RBD_DIFF")
 }
 
 fn apply_qcow2(
-    base: &[u8],
+    base: &Source<'_>,
     base_given: bool,
     path: &Path,
     output: &Path,
@@ -336,6 +340,26 @@ fn apply_qcow2(
     target.finish(record.and_then(|r| r.target_digest), "QCOW2")
 }
 
+/// The CRC-32C of the base's bytes over `[offset, offset + length)`,
+/// zeros past its end; holes count as zeros without being read.
+fn base_crc(base: &Source<'_>, offset: u64, length: u64) -> u32 {
+    let end = offset + length;
+    let mut crc = crc_with_zeros(&[], 0);
+    let mut at = offset;
+    while at < end {
+        let next = (((at >> 20) + 1) << 20).min(end);
+        let part = if base.is_hole(at, next) {
+            crc_with_zeros(&[], next - at)
+        } else {
+            let old = base_range(base.bytes, at as usize, (next - at) as usize);
+            crc_with_zeros(old, next - at - old.len() as u64)
+        };
+        crc = crc32c::crc32c_combine(crc, part, (next - at) as usize);
+        at = next;
+    }
+    crc
+}
+
 /// What an export says about the base it needs and the image it makes.
 struct Expect {
     /// The base's size, where the export records it.
@@ -361,7 +385,7 @@ impl From<&ListHeader> for Expect {
 
 /// The image being rebuilt.
 struct Target<'a> {
-    base: &'a [u8],
+    base: &'a Source<'a>,
     out: AtomicFile,
     size: u64,
     records: u64,
@@ -373,8 +397,8 @@ struct Target<'a> {
 impl<'a> Target<'a> {
     /// Checks the base against the header, then starts the output as a
     /// copy of the base cut or extended to the target's size.
-    fn start(base: &'a [u8], header: &Expect, output: &Path, force: bool) -> Result<Self> {
-        let base_size = base.len() as u64;
+    fn start(base: &'a Source<'a>, header: &Expect, output: &Path, force: bool) -> Result<Self> {
+        let base_size = base.len();
         if header.base_size.is_some_and(|size| size != base_size) {
             let expected = header.base_size.unwrap_or_default();
             let hint = if expected == 0 {
@@ -388,7 +412,7 @@ impl<'a> Target<'a> {
             )));
         }
         if let Some(expected) = header.base_digest {
-            if digest(base) != expected {
+            if image_digest(base, &mut |_| {}) != expected {
                 return Err(Error::Mismatch(
                     "the base's BLAKE3 digest differs from the one the export was made against"
                         .into(),
@@ -398,12 +422,20 @@ impl<'a> Target<'a> {
         let out = AtomicFile::create(output, force)?;
         let file = out.file();
         file.set_len(header.target_size).at(output)?;
-        // Copy the base, leaving holes where it is zero: the new file reads
-        // zeros there already.
-        let keep = &base[..base.len().min(header.target_size as usize)];
-        for (i, chunk) in keep.chunks(1 << 20).enumerate() {
-            if !is_zero(chunk) {
-                file.write_all_at(chunk, (i as u64) << 20).at(output)?;
+        // Copy the base's stored ranges, leaving holes where it has holes
+        // or zeros: the new file reads zeros there already.
+        let keep = base.len().min(header.target_size);
+        for &(start, end) in base.allocation.ranges() {
+            let end = end.min(keep);
+            let mut at = start;
+            while at < end {
+                let next = ((at >> 20) + 1) << 20;
+                let chunk = &base.bytes[at as usize..next.min(end) as usize];
+                if !is_zero(chunk) {
+                    file.write_all_at(chunk, at).at(output)?;
+                }
+                base.release(at, next.min(end));
+                at = next.min(end);
             }
         }
         Ok(Target {
@@ -421,8 +453,7 @@ impl<'a> Target<'a> {
         let Some(expected) = expected else {
             return Ok(());
         };
-        let old = base_range(self.base, offset as usize, length as usize);
-        if crc_with_zeros(old, length - old.len() as u64) != expected {
+        if base_crc(self.base, offset, length) != expected {
             return Err(Error::Mismatch(format!(
                 "the base differs from the one the export was made against: its bytes at {offset}+{length} do not match"
             )));
@@ -445,11 +476,11 @@ impl<'a> Target<'a> {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
         self.check_base(offset, length, base_crc)?;
         // The output reads as zeros already wherever the copied base was
-        // zero and past the base's end; overwrite only the rest.
-        let old = base_range(self.base, offset as usize, length as usize);
+        // a hole or zero and past the base's end; overwrite only the rest.
+        let old = base_range(self.base.bytes, offset as usize, length as usize);
         for (i, chunk) in old.chunks(ZEROS.len()).enumerate() {
-            if !is_zero(chunk) {
-                let at = offset + (i * ZEROS.len()) as u64;
+            let at = offset + (i * ZEROS.len()) as u64;
+            if !self.base.is_hole(at, at + chunk.len() as u64) && !is_zero(chunk) {
                 self.out
                     .file()
                     .write_all_at(&ZEROS[..chunk.len()], at)
@@ -487,7 +518,7 @@ impl<'a> Target<'a> {
     ) -> Result<ApplySummary> {
         if let Some(expected) = target_digest {
             let written = Image::open(self.out.temp_path())?;
-            if digest(written.bytes()) != expected {
+            if image_digest(&written.source(), &mut |_| {}) != expected {
                 return Err(Error::Mismatch(
                     "the rebuilt image's BLAKE3 digest differs from the target's recorded in the \
                      export: the base or the export is not the right one"

@@ -1,9 +1,10 @@
 //! The export pipeline: open, detect, stream into a sink, finish.
 
-use crate::detect::{base_range, detect_with_progress, ChangeMap};
+use crate::detect::{base_range, scan, ChangeMap};
+use crate::digest::Digests;
 use crate::error::Result;
 use crate::geometry::{BlockSize, ExtentKind};
-use crate::image::Image;
+use crate::image::{Image, Source};
 use crate::sink::{DataExtent, ExportHeader, Sink, ZeroExtent};
 use serde::Serialize;
 use std::time::Instant;
@@ -13,8 +14,9 @@ use std::time::Instant;
 pub struct ExportOptions {
     /// The block size of change detection.
     pub block_size: BlockSize,
-    /// Whether to compute BLAKE3 digests of the whole base and target for
-    /// the header (costs one more pass over both images, in parallel).
+    /// Whether to compute the image digests of the base and the target
+    /// (see [`crate::digest`]) for the header, in the same pass as the
+    /// comparison; it costs hashing every stored byte of both images.
     pub digests: bool,
 }
 
@@ -33,7 +35,8 @@ impl Default for ExportOptions {
 pub enum Phase {
     /// Comparing blocks; `done` and `total` count target bytes.
     Detect,
-    /// Hashing whole images; `done` and `total` count bytes of both.
+    /// Hashing a whole image to check it (apply); `done` and `total`
+    /// count its bytes.
     Digest,
     /// Writing extents to the sink; `done` and `total` count changed bytes.
     Write,
@@ -74,32 +77,6 @@ pub struct ExportSummary {
     pub seconds: f64,
 }
 
-/// BLAKE3 digests of both whole images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Digests {
-    /// Digest of the base (of no bytes, without a base).
-    pub base: [u8; 32],
-    /// Digest of the target.
-    pub target: [u8; 32],
-}
-
-impl Digests {
-    /// Hashes both images, each in parallel.
-    pub fn compute(base: &[u8], target: &[u8]) -> Self {
-        Digests {
-            base: digest(base),
-            target: digest(target),
-        }
-    }
-}
-
-/// The BLAKE3 digest of `bytes`, computed in parallel.
-pub fn digest(bytes: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_rayon(bytes);
-    *hasher.finalize().as_bytes()
-}
-
 /// Exports the changes from `base` (none: an empty base) to `target` into
 /// `sink`, reporting progress as it goes.
 pub fn export_images(
@@ -110,36 +87,23 @@ pub fn export_images(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportSummary> {
     let started = Instant::now();
-    let base = base.map(Image::bytes).unwrap_or(&[]);
-    let target = target.bytes();
-    let total = target.len() as u64;
-    let map = detect_with_progress(base, target, options.block_size, &mut |done| {
-        progress(Progress {
-            phase: Phase::Detect,
-            done,
-            total,
-        })
-    });
-    let digests = options.digests.then(|| {
-        let total = (base.len() + target.len()) as u64;
-        let base_digest = digest(base);
-        progress(Progress {
-            phase: Phase::Digest,
-            done: base.len() as u64,
-            total,
-        });
-        let target_digest = digest(target);
-        progress(Progress {
-            phase: Phase::Digest,
-            done: total,
-            total,
-        });
-        Digests {
-            base: base_digest,
-            target: target_digest,
-        }
-    });
-    let mut summary = stream(&map, base, target, digests.as_ref(), sink, progress)?;
+    let base = base.map_or_else(|| Source::from_bytes(&[]), Image::source);
+    let target = target.source();
+    let total = target.len();
+    let (map, digests) = scan(
+        &base,
+        &target,
+        options.block_size,
+        options.digests,
+        &mut |done| {
+            progress(Progress {
+                phase: Phase::Detect,
+                done,
+                total,
+            })
+        },
+    );
+    let mut summary = stream(&map, &base, &target, digests.as_ref(), sink, progress)?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -155,7 +119,8 @@ pub fn export_map(
     sink: &mut dyn Sink,
 ) -> Result<ExportSummary> {
     let started = Instant::now();
-    let mut summary = stream(map, base, target, digests, sink, &mut |_| {})?;
+    let (base, target) = (Source::from_bytes(base), Source::from_bytes(target));
+    let mut summary = stream(map, &base, &target, digests, sink, &mut |_| {})?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -185,36 +150,38 @@ pub fn header_for<'a>(
 
 fn stream(
     map: &ChangeMap,
-    base: &[u8],
-    target: &[u8],
+    base: &Source<'_>,
+    target: &Source<'_>,
     digests: Option<&Digests>,
     sink: &mut dyn Sink,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportSummary> {
     assert_eq!(
         map.target_size,
-        target.len() as u64,
+        target.len(),
         "change map of another target"
     );
-    let header = header_for(map, base, target, digests);
+    let header = header_for(map, base.bytes, target.bytes, digests);
     let total = header.data_bytes + header.zero_bytes;
     sink.begin(&header)?;
     let mut done = 0;
     for extent in &map.extents {
         let (o, l) = (extent.offset as usize, extent.length as usize);
-        let base = base_range(base, o, l);
+        let old = base_range(base.bytes, o, l);
         match extent.kind {
             ExtentKind::Data => sink.data(&DataExtent {
                 offset: extent.offset,
-                bytes: &target[o..o + l],
-                base,
+                bytes: &target.bytes[o..o + l],
+                base: old,
             })?,
             ExtentKind::Zero => sink.zero(&ZeroExtent {
                 offset: extent.offset,
                 length: extent.length,
-                base,
+                base: old,
             })?,
         }
+        target.release(extent.offset, extent.end());
+        base.release(extent.offset, extent.end());
         done += extent.length;
         progress(Progress {
             phase: Phase::Write,

@@ -17,6 +17,76 @@ pub struct Image {
     path: PathBuf,
     map: Option<Mmap>,
     size: u64,
+    allocation: Allocation,
+}
+
+/// Which byte ranges of an image are stored; the rest are holes that read
+/// as zeros. Found with `SEEK_DATA` and `SEEK_HOLE`; a file system or
+/// device that cannot tell reports the whole image as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// Sorted, disjoint `[start, end)` ranges of stored bytes.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Allocation {
+    /// An image of `size` bytes stored in full.
+    pub fn full(size: u64) -> Self {
+        Allocation {
+            ranges: if size == 0 {
+                Vec::new()
+            } else {
+                vec![(0, size)]
+            },
+        }
+    }
+
+    /// The stored ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// Bytes stored in all.
+    pub fn stored_bytes(&self) -> u64 {
+        self.ranges.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// Whether `[start, end)` holds no stored byte: it reads as zeros
+    /// without being read.
+    pub fn is_hole(&self, start: u64, end: u64) -> bool {
+        // The first range that ends after `start`.
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        self.ranges.get(i).is_none_or(|&(s, _)| s >= end)
+    }
+
+    /// Reads the allocation of `file` (of `size` bytes).
+    fn of(file: &std::fs::File, size: u64) -> Self {
+        use rustix::fs::{seek, SeekFrom as At};
+        let mut ranges = Vec::new();
+        let mut pos = 0;
+        while pos < size {
+            let start = match seek(file, At::Data(pos)) {
+                Ok(start) => start,
+                // ENXIO: no data after `pos`.
+                Err(rustix::io::Errno::NXIO) => break,
+                // No SEEK_DATA here: treat everything as stored.
+                Err(_) => return Allocation::full(size),
+            };
+            if start >= size {
+                break;
+            }
+            let end = match seek(file, At::Hole(start)) {
+                Ok(end) => end.min(size),
+                Err(_) => return Allocation::full(size),
+            };
+            if end <= start {
+                return Allocation::full(size);
+            }
+            ranges.push((start, end));
+            pos = end;
+        }
+        Allocation { ranges }
+    }
 }
 
 impl Image {
@@ -56,6 +126,11 @@ impl Image {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("is {what}")),
             ));
         };
+        let allocation = if kind.is_file() {
+            Allocation::of(&file, size)
+        } else {
+            Allocation::full(size)
+        };
         let map = if size == 0 {
             None
         } else {
@@ -79,6 +154,7 @@ impl Image {
             path: path.to_path_buf(),
             map,
             size,
+            allocation,
         })
     }
 
@@ -96,11 +172,78 @@ impl Image {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+
+    /// Which ranges are stored and which are holes.
+    pub fn allocation(&self) -> &Allocation {
+        &self.allocation
+    }
+
+    /// The image as a [`Source`] for detection and hashing.
+    pub fn source(&self) -> Source<'_> {
+        Source {
+            bytes: self.bytes(),
+            allocation: std::borrow::Cow::Borrowed(&self.allocation),
+            image: Some(self),
+        }
+    }
+
+    /// Lets the kernel drop the mapped pages of `[start, end)` from this
+    /// process (they stay in the page cache), so that resident memory does
+    /// not grow with the image as a scan moves through it. A hint: errors
+    /// are ignored. Slices of the range stay valid and read the file again.
+    pub fn release(&self, start: u64, end: u64) {
+        let Some(map) = &self.map else {
+            return;
+        };
+        let page = 4096;
+        let start = start.div_ceil(page) * page;
+        let end = end.min(self.size) / page * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the mapping is read-only and backed by a file that this
+        // process never writes. MADV_DONTNEED on such a mapping only drops
+        // the page table entries; the next access faults the same bytes in
+        // from the page cache or the file, so every slice handed out stays
+        // valid and reads unchanged contents. The range lies inside the
+        // mapping and starts on a page boundary.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[1u8; 4096], 32 << 20).unwrap();
+        drop(f);
+        let image = Image::open(&path).unwrap();
+        let a = image.allocation();
+        assert!(
+            a.stored_bytes() >= 4096 && a.stored_bytes() < 64 << 20,
+            "{a:?}"
+        );
+        assert!(a.is_hole(0, 1 << 20));
+        assert!(!a.is_hole(32 << 20, (32 << 20) + 1));
+        assert!(!a.is_hole(0, 64 << 20));
+        let full = Allocation::full(100);
+        assert!(!full.is_hole(99, 100));
+        assert!(full.is_hole(100, 200));
+        assert!(Allocation::full(0).is_hole(0, 10));
+    }
 
     #[test]
     fn errors_name_the_path() {
@@ -123,5 +266,50 @@ mod tests {
         let small = dir.path().join("small.img");
         std::fs::write(&small, b"abc").unwrap();
         assert_eq!(Image::open(&small).unwrap().bytes(), b"abc");
+    }
+}
+
+/// Bytes to scan, with what is known of their holes: an [`Image`], or a
+/// plain slice (all of it stored).
+#[derive(Clone, Debug)]
+pub struct Source<'a> {
+    /// The bytes.
+    pub bytes: &'a [u8],
+    /// Which of them are stored.
+    pub allocation: std::borrow::Cow<'a, Allocation>,
+    /// The image they come from, to release pages behind a scan.
+    image: Option<&'a Image>,
+}
+
+impl<'a> Source<'a> {
+    /// A slice stored in full.
+    pub fn from_bytes(bytes: &'a [u8]) -> Self {
+        Source {
+            bytes,
+            allocation: std::borrow::Cow::Owned(Allocation::full(bytes.len() as u64)),
+            image: None,
+        }
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether `[start, end)` is a hole (or lies past the end).
+    pub fn is_hole(&self, start: u64, end: u64) -> bool {
+        start >= self.len() || self.allocation.is_hole(start, end.min(self.len()))
+    }
+
+    /// See [`Image::release`]; nothing for a plain slice.
+    pub fn release(&self, start: u64, end: u64) {
+        if let Some(image) = self.image {
+            image.release(start, end);
+        }
     }
 }

@@ -39,6 +39,7 @@
 
 pub mod apply;
 pub mod detect;
+pub mod digest;
 pub mod error;
 pub mod export;
 pub mod format;
@@ -49,15 +50,14 @@ pub mod output;
 pub mod sink;
 
 pub use apply::{apply, ApplySummary, ExportInput};
-pub use detect::{detect, detect_serial, detect_with_progress, ChangeMap};
+pub use detect::{detect, detect_serial, detect_with_progress, scan, ChangeMap};
+pub use digest::{image_digest, Digests};
 pub use error::{Error, Result};
-pub use export::{
-    export_images, export_map, Digests, ExportOptions, ExportSummary, Phase, Progress,
-};
+pub use export::{export_images, export_map, ExportOptions, ExportSummary, Phase, Progress};
 pub use format::extent_list::{ExtentListEncoder, ExtentListReader};
 pub use format::raw_sparse::RawSparseEncoder;
 pub use format::OutputType;
 pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
-pub use image::Image;
+pub use image::{Allocation, Image, Source};
 pub use info::{inspect, ExportInfo};
 pub use sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

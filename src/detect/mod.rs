@@ -11,7 +11,9 @@ mod compare;
 pub(crate) use compare::base_range;
 pub use compare::{classify, is_zero};
 
+use crate::digest::{chunk_digests, digest_range, Digests, ImageHasher, CHUNK};
 use crate::geometry::{push_merged, BlockSize, Extent, ExtentKind};
+use crate::image::Source;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -82,8 +84,8 @@ impl ChangeMap {
 
 /// How many bytes of target one parallel task classifies.
 const GROUP_BYTES: u64 = 8 << 20;
-/// How many groups run between two progress reports.
-const GROUPS_PER_WINDOW: u64 = 32;
+/// How many groups run between two progress reports and page releases.
+const GROUPS_PER_WINDOW: u64 = 16;
 
 /// Detects the changes from `base` to `target`, in parallel.
 ///
@@ -100,48 +102,127 @@ pub fn detect_with_progress(
     block_size: BlockSize,
     progress: &mut dyn FnMut(u64),
 ) -> ChangeMap {
-    let mut map = ChangeMap::new(block_size, base.len() as u64, target.len() as u64);
-    let bs = block_size.get();
-    let group = (GROUP_BYTES / bs).max(1) * bs;
-    let groups = (target.len() as u64).div_ceil(group);
-    let mut first = 0;
-    while first < groups {
-        let last = (first + GROUPS_PER_WINDOW).min(groups);
-        let parts: Vec<Vec<Extent>> = (first..last)
-            .into_par_iter()
-            .map(|g| {
-                let start = g * group;
-                let end = (start + group).min(target.len() as u64);
-                classify_range(base, target, block_size, start, end)
-            })
-            .collect();
-        for extent in parts.into_iter().flatten() {
-            map.push(extent);
-        }
-        first = last;
-        progress((last * group).min(target.len() as u64));
-    }
+    let (map, _) = scan(
+        &Source::from_bytes(base),
+        &Source::from_bytes(target),
+        block_size,
+        false,
+        progress,
+    );
     map
 }
 
 /// [`detect`] on one thread: the reference the parallel path must match.
 pub fn detect_serial(base: &[u8], target: &[u8], block_size: BlockSize) -> ChangeMap {
-    let mut map = ChangeMap::new(block_size, base.len() as u64, target.len() as u64);
-    for extent in classify_range(base, target, block_size, 0, target.len() as u64) {
+    let (base, target) = (Source::from_bytes(base), Source::from_bytes(target));
+    let mut map = ChangeMap::new(block_size, base.len(), target.len());
+    for extent in classify_range(&base, &target, block_size, 0, target.len()) {
         map.push(extent);
     }
     map
 }
 
+/// What one parallel task found in its group of blocks.
+struct GroupResult {
+    extents: Vec<Extent>,
+    target_digests: Vec<[u8; 32]>,
+    base_digests: Vec<[u8; 32]>,
+}
+
+/// Detects the changes from `base` to `target` (hole-aware: a range that
+/// is a hole in both is unchanged without being read) and, with
+/// `digests`, computes both image digests in the same pass. Mapped pages
+/// are released behind the scan.
+pub fn scan(
+    base: &Source<'_>,
+    target: &Source<'_>,
+    block_size: BlockSize,
+    digests: bool,
+    progress: &mut dyn FnMut(u64),
+) -> (ChangeMap, Option<Digests>) {
+    let mut map = ChangeMap::new(block_size, base.len(), target.len());
+    let bs = block_size.get();
+    let group = (GROUP_BYTES / bs).max(1) * bs;
+    let groups = target.len().div_ceil(group);
+    let mut target_hasher = ImageHasher::new(target.len());
+    let mut base_hasher = ImageHasher::new(base.len());
+    let mut first = 0;
+    while first < groups {
+        let last = (first + GROUPS_PER_WINDOW).min(groups);
+        let parts: Vec<GroupResult> = (first..last)
+            .into_par_iter()
+            .map(|g| {
+                let start = g * group;
+                let end = (start + group).min(target.len());
+                GroupResult {
+                    extents: classify_range(base, target, block_size, start, end),
+                    target_digests: if digests {
+                        chunk_digests(target, start, end)
+                    } else {
+                        Vec::new()
+                    },
+                    base_digests: if digests {
+                        chunk_digests(base, start, end)
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        for part in parts {
+            for extent in part.extents {
+                map.push(extent);
+            }
+            target_hasher.push(&part.target_digests);
+            base_hasher.push(&part.base_digests);
+        }
+        let done = (last * group).min(target.len());
+        target.release(first * group, done);
+        base.release(first * group, done);
+        first = last;
+        progress(done);
+    }
+    let digests = digests.then(|| {
+        // The base's chunks past the target's end, when it is longer.
+        let from = target.len().div_ceil(CHUNK) * CHUNK;
+        digest_range(base, from, &mut base_hasher, &mut |_| {});
+        Digests {
+            base: base_hasher.finish(),
+            target: target_hasher.finish(),
+        }
+    });
+    (map, digests)
+}
+
 /// Classifies the blocks in `[start, end)` of the target (`start` on a
-/// block boundary) into merged extents.
-fn classify_range(base: &[u8], target: &[u8], bs: BlockSize, start: u64, end: u64) -> Vec<Extent> {
+/// block boundary) into merged extents. A block that is a hole in both
+/// images is unchanged unread; a hole on one side reads as zeros.
+fn classify_range(
+    base: &Source<'_>,
+    target: &Source<'_>,
+    bs: BlockSize,
+    start: u64,
+    end: u64,
+) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::new();
+    if target.is_hole(start, end) && base.is_hole(start, end) {
+        return out;
+    }
     let mut offset = start;
     while offset < end {
         let len = bs.get().min(end - offset);
         let (o, l) = (offset as usize, len as usize);
-        if let Some(kind) = classify(base_range(base, o, l), &target[o..o + l]) {
+        let old = base_range(base.bytes, o, l);
+        let kind = match (
+            target.is_hole(offset, offset + len),
+            base.is_hole(offset, offset + len),
+        ) {
+            (true, true) => None,
+            (true, false) => (!is_zero(old)).then_some(ExtentKind::Zero),
+            (false, true) => (!is_zero(&target.bytes[o..o + l])).then_some(ExtentKind::Data),
+            (false, false) => classify(old, &target.bytes[o..o + l]),
+        };
+        if let Some(kind) = kind {
             push_merged(
                 &mut out,
                 Extent {
