@@ -453,7 +453,9 @@ impl<'a> Target<'a> {
         let Some(expected) = expected else {
             return Ok(());
         };
-        if base_crc(self.base, offset, length) != expected {
+        let crc = base_crc(self.base, offset, length);
+        self.base.release(offset, offset + length);
+        if crc != expected {
             return Err(Error::Mismatch(format!(
                 "the base differs from the one the export was made against: its bytes at {offset}+{length} do not match"
             )));
@@ -487,6 +489,7 @@ impl<'a> Target<'a> {
                     .at(self.out.path())?;
             }
         }
+        self.base.release(offset, offset + length);
         self.records += 1;
         self.zero_bytes += length;
         Ok(())

@@ -9,6 +9,10 @@ use crate::sink::{DataExtent, ExportHeader, Sink, ZeroExtent};
 use serde::Serialize;
 use std::time::Instant;
 
+/// The most bytes of a data extent one [`Sink::data`] call carries: a
+/// multiple of every block size and of every record size.
+pub const PIECE: u64 = 8 << 20;
+
 /// How to run an export.
 #[derive(Clone, Copy, Debug)]
 pub struct ExportOptions {
@@ -128,8 +132,8 @@ pub fn export_map(
 /// The header a sink receives for `map` over `target`.
 pub fn header_for<'a>(
     map: &'a ChangeMap,
-    base: &'a [u8],
-    target: &'a [u8],
+    base: &'a Source<'a>,
+    target: &'a Source<'a>,
     digests: Option<&Digests>,
 ) -> ExportHeader<'a> {
     ExportHeader {
@@ -161,33 +165,45 @@ fn stream(
         target.len(),
         "change map of another target"
     );
-    let header = header_for(map, base.bytes, target.bytes, digests);
+    let header = header_for(map, base, target, digests);
     let total = header.data_bytes + header.zero_bytes;
     sink.begin(&header)?;
     let mut done = 0;
     for extent in &map.extents {
-        let (o, l) = (extent.offset as usize, extent.length as usize);
-        let old = base_range(base.bytes, o, l);
-        match extent.kind {
-            ExtentKind::Data => sink.data(&DataExtent {
-                offset: extent.offset,
-                bytes: &target.bytes[o..o + l],
-                base: old,
-            })?,
-            ExtentKind::Zero => sink.zero(&ZeroExtent {
-                offset: extent.offset,
-                length: extent.length,
-                base: old,
-            })?,
+        // Data extents go out in pieces, so that the pages of each piece
+        // can be released before the next is read.
+        let step = if extent.kind == ExtentKind::Data {
+            PIECE
+        } else {
+            extent.length
+        };
+        let mut offset = extent.offset;
+        while offset < extent.end() {
+            let length = step.min(extent.end() - offset);
+            let (o, l) = (offset as usize, length as usize);
+            let old = base_range(base.bytes, o, l);
+            match extent.kind {
+                ExtentKind::Data => sink.data(&DataExtent {
+                    offset,
+                    bytes: &target.bytes[o..o + l],
+                    base: old,
+                })?,
+                ExtentKind::Zero => sink.zero(&ZeroExtent {
+                    offset,
+                    length,
+                    base: old,
+                })?,
+            }
+            target.release(offset, offset + length);
+            base.release(offset, offset + length);
+            offset += length;
+            done += length;
+            progress(Progress {
+                phase: Phase::Write,
+                done,
+                total,
+            });
         }
-        target.release(extent.offset, extent.end());
-        base.release(extent.offset, extent.end());
-        done += extent.length;
-        progress(Progress {
-            phase: Phase::Write,
-            done,
-            total,
-        });
     }
     let finished = sink.finish()?;
     Ok(ExportSummary {

@@ -195,9 +195,13 @@ impl Image {
         let Some(map) = &self.map else {
             return;
         };
-        let page = 4096;
-        let start = start.div_ceil(page) * page;
-        let end = end.min(self.size) / page * page;
+        // The page cache maps files in folios of up to 2 MiB, and touching
+        // one byte can map the whole folio: release whole aligned 2 MiB
+        // spans around the range (releasing more than was used costs only
+        // a later fault).
+        let span = 2 << 20;
+        let start = start / span * span;
+        let end = end.div_ceil(span).saturating_mul(span).min(self.size);
         if end <= start {
             return;
         }

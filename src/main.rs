@@ -10,8 +10,9 @@ use snapdelta::format::raw_sparse::map_path;
 use snapdelta::format::rbd_diff::RbdDiffEncoder;
 use snapdelta::output::{refuse_existing, AtomicFile};
 use snapdelta::{
-    apply, export_images, inspect, parse_size, BlockSize, Error, ExportInput, ExportOptions,
+    apply, export_images, inspect, parse_size, scan, BlockSize, Error, ExportInput, ExportOptions,
     ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder, Sink,
+    Source,
 };
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,10 @@ struct ExportArgs {
     /// or zstd:LEVEL (1 to 22; default 3).
     #[arg(long, value_name = "zstd[:LEVEL]", value_parser = parse_compress)]
     compress: Option<i32>,
+    /// Skip the image digests of base and target (hashing every stored
+    /// byte of both); apply then checks the base only where it changed.
+    #[arg(long)]
+    no_digest: bool,
     /// rbd-diff only: the snapshot the diff starts from.
     #[arg(long, value_name = "NAME")]
     from_snap: Option<String>,
@@ -245,7 +250,8 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     }
     let options = ExportOptions {
         block_size: args.block_size,
-        digests: true,
+        // rbd diff has no place for digests.
+        digests: !args.no_digest && args.output_type != OutputType::RbdDiff,
     };
     let mut bar = Bar::new();
     let mut progress = |p: Progress| bar.update(p);
@@ -413,10 +419,14 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
     let target = Image::open(&args.target)?;
     let mut bar = Bar::new();
     let total = target.size();
-    let map = snapdelta::detect_with_progress(
-        base.as_ref().map(Image::bytes).unwrap_or(&[]),
-        target.bytes(),
+    let base = base
+        .as_ref()
+        .map_or_else(|| Source::from_bytes(&[]), Image::source);
+    let (map, _) = scan(
+        &base,
+        &target.source(),
         args.block_size,
+        false,
         &mut |done| {
             bar.update(Progress {
                 phase: Phase::Detect,

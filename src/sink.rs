@@ -5,8 +5,12 @@
 //!
 //! 1. [`Sink::begin`] once, with an [`ExportHeader`] whose totals are
 //!    exact (detection is complete before streaming starts);
-//! 2. [`Sink::data`] and [`Sink::zero`] once per extent, in increasing
-//!    offset order, never overlapping, adjacent extents never of one kind;
+//! 2. [`Sink::data`] and [`Sink::zero`] for the extents, in increasing
+//!    offset order, never overlapping. A zero extent comes in one call; a
+//!    data extent longer than [`crate::export::PIECE`] (8 MiB) comes as
+//!    consecutive pieces of at most that size, each starting on a block
+//!    boundary, so that memory stays flat however long it is. The header's
+//!    counts count whole extents;
 //! 3. [`Sink::finish`] once, after the last extent.
 //!
 //! When a call returns an error the pipeline stops at once and does not
@@ -14,12 +18,13 @@
 
 use crate::error::Result;
 use crate::geometry::{BlockSize, Extent};
+use crate::image::Source;
 use std::fmt;
 
 /// What a sink learns before the first extent: the totals, and the whole
 /// change map with the target's bytes for encoders that lay out their
 /// output before writing it (qcow2 writes its tables first).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct ExportHeader<'a> {
     /// The block size of the diff.
     pub block_size: BlockSize,
@@ -41,10 +46,11 @@ pub struct ExportHeader<'a> {
     pub target_digest: Option<[u8; 32]>,
     /// Every extent that will follow, in the order it will come.
     pub extents: &'a [Extent],
-    /// The whole target image, borrowed from its mapping.
-    pub target: &'a [u8],
+    /// The whole target image, borrowed from its mapping (with its holes,
+    /// and a way to release pages after reading them).
+    pub target: &'a Source<'a>,
     /// The whole base image (empty without a base).
-    pub base: &'a [u8],
+    pub base: &'a Source<'a>,
 }
 
 impl fmt::Debug for ExportHeader<'_> {
@@ -133,7 +139,7 @@ pub struct SinkSummary {
 pub trait Sink {
     /// Called once, before any extent.
     fn begin(&mut self, header: &ExportHeader) -> Result<()>;
-    /// Called for each data extent, in offset order.
+    /// Called for each data extent (or piece of one), in offset order.
     fn data(&mut self, extent: &DataExtent<'_>) -> Result<()>;
     /// Called for each zero extent, in offset order.
     fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()>;

@@ -19,7 +19,7 @@ impl Sink for Rebuild {
     fn begin(&mut self, header: &ExportHeader) -> Result<()> {
         assert!(self.header.is_none(), "begin called twice");
         self.image.resize(header.target_size as usize, 0);
-        assert_eq!(header.target.len() as u64, header.target_size);
+        assert_eq!(header.target.len(), header.target_size);
         assert_eq!(
             header.extents.len() as u64,
             header.data_extents + header.zero_extents

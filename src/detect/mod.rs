@@ -82,10 +82,13 @@ impl ChangeMap {
     }
 }
 
-/// How many bytes of target one parallel task classifies.
-const GROUP_BYTES: u64 = 8 << 20;
-/// How many groups run between two progress reports and page releases.
-const GROUPS_PER_WINDOW: u64 = 16;
+/// How many bytes of target one parallel task classifies: a multiple of
+/// the digest chunk and of every block size.
+const GROUP_BYTES: u64 = 4 << 20;
+/// How many groups run between two progress reports and page releases:
+/// enough to keep both cores busy, few enough that the mapped pages of a
+/// window (16 MiB of each image) stay small.
+const GROUPS_PER_WINDOW: u64 = 4;
 
 /// Detects the changes from `base` to `target`, in parallel.
 ///

@@ -256,7 +256,7 @@ fn tail_cluster(h: &ExportHeader<'_>) -> Option<u64> {
         return None;
     }
     let tail = crate::detect::base_range(
-        h.base,
+        h.base.bytes,
         h.target_size as usize,
         (virtual_size - h.target_size) as usize,
     );
@@ -289,11 +289,14 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
             Some(level) => batch
                 .par_iter()
                 .map(|&o| {
-                    compress(&cluster_bytes(h.target, o, cs), level)
+                    compress(&cluster_bytes(h.target.bytes, o, cs), level)
                         .map(|c| c.map(|c| c.len() as u32))
                 })
                 .collect::<Result<_>>()?,
         };
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            h.target.release(*first, last + cs);
+        }
         for size in sizes {
             match size {
                 None => {
@@ -572,7 +575,7 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
         debug_assert_eq!(self.written, l.data_offset);
         self.tail_bytes = l
             .tail
-            .map(|t| cluster_bytes(h.target, t, l.cs).into_owned());
+            .map(|t| cluster_bytes(h.target.bytes, t, l.cs).into_owned());
         self.layout = Some(l);
         Ok(())
     }
