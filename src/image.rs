@@ -59,6 +59,12 @@ impl Allocation {
         self.ranges.get(i).is_none_or(|&(s, _)| s >= end)
     }
 
+    /// The first stored byte at or after `pos`, if any.
+    pub fn next_data(&self, pos: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|&(_, e)| e <= pos);
+        self.ranges.get(i).map(|&(s, _)| s.max(pos))
+    }
+
     /// Reads the allocation of `file` (of `size` bytes).
     fn of(file: &std::fs::File, size: u64) -> Self {
         use rustix::fs::{seek, SeekFrom as At};
@@ -308,6 +314,12 @@ impl<'a> Source<'a> {
     /// Whether `[start, end)` is a hole (or lies past the end).
     pub fn is_hole(&self, start: u64, end: u64) -> bool {
         start >= self.len() || self.allocation.is_hole(start, end.min(self.len()))
+    }
+
+    /// The first stored byte at or after `pos`, if there is one before
+    /// the end.
+    pub fn next_data(&self, pos: u64) -> Option<u64> {
+        self.allocation.next_data(pos).filter(|&p| p < self.len())
     }
 
     /// See [`Image::release`]; nothing for a plain slice.

@@ -518,3 +518,40 @@ fn raw_sparse_info_checks_the_data_file() {
     let err = fails(p, &["info", "r.raw"]);
     assert!(err.contains("do not match its change map"), "{err}");
 }
+
+/// Sparse images: holes in both are skipped unread, a hole against data
+/// compares as zeros; results equal the reference diff, which reads every
+/// byte.
+#[test]
+fn sparse_images_with_holes_on_either_side() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let size = 48u64 << 20;
+    let base = std::fs::File::create(p.join("base.img")).unwrap();
+    let target = std::fs::File::create(p.join("target.img")).unwrap();
+    base.set_len(size).unwrap();
+    target.set_len(size + 12345).unwrap();
+    let blob = pattern(3 << 20, 7);
+    // Data in both, equal and different; data against a hole on each side;
+    // zeros written over a hole; a run across group boundaries.
+    for (f, at, len) in [
+        (&base, 0u64, 1u64 << 20),
+        (&target, 0, 1 << 20),
+        (&base, 8 << 20, 2 << 20),
+        (&target, (8 << 20) + 65536, 3 << 20),
+        (&base, 20 << 20, 1 << 20),
+        (&target, 30 << 20, 1 << 20),
+        (&base, (47 << 20) + 4096, 4096),
+    ] {
+        f.write_all_at(&blob[..len as usize], at).unwrap();
+    }
+    target.write_all_at(&[0u8; 65536], 40 << 20).unwrap();
+    target.write_all_at(&[9u8; 100], size + 12000).unwrap();
+    drop((base, target));
+    let ext = roundtrip(p, Some("base.img"), "target.img", 65536);
+    assert!(ext.iter().any(|e| e.2 == "zero"), "{ext:?}");
+    assert!(ext.iter().any(|e| e.2 == "data"), "{ext:?}");
+    // Without a base, only the stored non-zero data of the target.
+    roundtrip(p, None, "target.img", 4096);
+}

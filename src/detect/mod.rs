@@ -151,6 +151,23 @@ pub fn scan(
     let mut base_hasher = ImageHasher::new(base.len());
     let mut first = 0;
     while first < groups {
+        // Jump over groups that are holes in both images.
+        let pos = first * group;
+        let next = match (target.next_data(pos), base.next_data(pos)) {
+            (None, None) => target.len(),
+            (t, b) => t.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX)),
+        };
+        let skip_to = (next / group).min(groups);
+        if skip_to > first {
+            let end = (skip_to * group).min(target.len());
+            if digests {
+                target_hasher.push_holes(target.len(), pos, end);
+                base_hasher.push_holes(base.len(), pos, end);
+            }
+            first = skip_to;
+            progress(end);
+            continue;
+        }
         let last = (first + GROUPS_PER_WINDOW).min(groups);
         let parts: Vec<GroupResult> = (first..last)
             .into_par_iter()
