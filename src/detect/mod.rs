@@ -85,10 +85,9 @@ impl ChangeMap {
 /// How many bytes of target one parallel task classifies: a multiple of
 /// the digest chunk and of every block size.
 const GROUP_BYTES: u64 = 4 << 20;
-/// How many groups run between two progress reports and page releases:
-/// enough to keep both cores busy, few enough that the mapped pages of a
-/// window (16 MiB of each image) stay small.
-const GROUPS_PER_WINDOW: u64 = 4;
+/// How many groups run between two progress reports (256 MiB); each task
+/// releases its own group's pages, so memory does not depend on it.
+const GROUPS_PER_WINDOW: u64 = 64;
 
 /// Detects the changes from `base` to `target`, in parallel.
 ///
@@ -174,7 +173,7 @@ pub fn scan(
             .map(|g| {
                 let start = g * group;
                 let end = (start + group).min(target.len());
-                GroupResult {
+                let result = GroupResult {
                     extents: classify_range(base, target, block_size, start, end),
                     target_digests: if digests {
                         chunk_digests(target, start, end)
@@ -186,7 +185,12 @@ pub fn scan(
                     } else {
                         Vec::new()
                     },
-                }
+                };
+                // Each task releases what it read, so that no more than the
+                // groups in flight are mapped at once.
+                target.release(start, end);
+                base.release(start, end);
+                result
             })
             .collect();
         for part in parts {
@@ -197,8 +201,6 @@ pub fn scan(
             base_hasher.push(&part.base_digests);
         }
         let done = (last * group).min(target.len());
-        target.release(first * group, done);
-        base.release(first * group, done);
         first = last;
         progress(done);
     }
