@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::geometry::BlockSize;
 use crate::sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
+use rayon::prelude::*;
 use std::io::{self, Read, Write};
 
 /// The stream's first eight bytes.
@@ -162,6 +163,10 @@ impl<W: Write> ExtentListEncoder<W> {
     }
 }
 
+/// A record worked out before it is written: where it starts and ends in
+/// its piece, its two checksums, and its zstd frame when compressing.
+type Prepared = (usize, usize, (u32, u32), Option<Vec<u8>>);
+
 enum Payload<'a> {
     None,
     Raw(&'a [u8]),
@@ -202,31 +207,41 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
     }
 
     fn data(&mut self, extent: &DataExtent<'_>) -> Result<()> {
+        // The records of this piece, each with its checksums and, when
+        // compressing, its zstd frame: worked out in parallel, written in
+        // order.
         let limit = self.record_limit as usize;
-        let mut start = 0;
-        while start < extent.bytes.len() {
-            let end = (start + limit).min(extent.bytes.len());
+        let starts: Vec<usize> = (0..extent.bytes.len()).step_by(limit).collect();
+        let (payloads, level) = (self.payloads, self.zstd_level);
+        let prepared: Vec<Prepared> = starts
+            .into_par_iter()
+            .map(|start| {
+                let end = (start + limit).min(extent.bytes.len());
+                let chunk = &extent.bytes[start..end];
+                let base = &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
+                let crcs = (
+                    crc32c::crc32c(chunk),
+                    crc_with_zeros(base, (chunk.len() - base.len()) as u64),
+                );
+                let compressed = match (payloads, level) {
+                    (true, Some(level)) => {
+                        Some(zstd::bulk::compress(chunk, level).map_err(|e| Error::io("zstd", e))?)
+                    }
+                    _ => None,
+                };
+                Ok((start, end, crcs, compressed))
+            })
+            .collect::<Result<_>>()?;
+        for (start, end, crcs, compressed) in prepared {
             let chunk = &extent.bytes[start..end];
-            let base = &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
-            let crcs = (
-                crc32c::crc32c(chunk),
-                crc_with_zeros(base, (chunk.len() - base.len()) as u64),
-            );
-            let offset = extent.offset + start as u64;
-            let compressed = match (self.payloads, self.zstd_level) {
-                (true, Some(level)) => {
-                    Some(zstd::bulk::compress(chunk, level).map_err(|e| Error::io("zstd", e))?)
-                }
-                _ => None,
-            };
             let payload = match &compressed {
                 _ if !self.payloads => Payload::None,
                 Some(c) if c.len() < chunk.len() => Payload::Zstd(c),
                 _ => Payload::Raw(chunk),
             };
+            let offset = extent.offset + start as u64;
             self.record(TAG_DATA, offset, chunk.len() as u64, crcs, payload)?;
             self.data_bytes += chunk.len() as u64;
-            start = end;
         }
         Ok(())
     }
