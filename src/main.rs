@@ -64,8 +64,15 @@ struct ExportArgs {
     /// or zstd:LEVEL (1 to 22; default 3).
     #[arg(long, value_name = "zstd[:LEVEL]", value_parser = parse_compress)]
     compress: Option<i32>,
-    /// Skip the image digests of base and target (hashing every stored
-    /// byte of both); apply then checks the base only where it changed.
+    /// Record the image digests of base and target, so that apply refuses
+    /// the wrong base before writing and checks the rebuilt image: the
+    /// default for metadata-and-data, metadata-only and raw-sparse; with
+    /// qcow2, kept in a header extension only snapdelta reads. Costs hashing
+    /// every stored byte of both images.
+    #[arg(long, conflicts_with = "no_digest")]
+    digest: bool,
+    /// Record no image digests (see --digest); apply then checks the base
+    /// only by its size and, for extent-list streams, where it changed.
     #[arg(long)]
     no_digest: bool,
     /// rbd-diff only: the snapshot the diff starts from.
@@ -248,10 +255,17 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             refuse_same_file(&args.output, input)?;
         }
     }
+    if args.digest && args.output_type == OutputType::RbdDiff {
+        return Err(Error::invalid(
+            "digest",
+            "an rbd diff has no place for digests",
+        ));
+    }
     let options = ExportOptions {
         block_size: args.block_size,
-        // rbd diff has no place for digests.
-        digests: !args.no_digest && args.output_type != OutputType::RbdDiff,
+        digests: args.digest
+            || (!args.no_digest
+                && !matches!(args.output_type, OutputType::Qcow2 | OutputType::RbdDiff)),
     };
     let mut bar = Bar::new();
     let mut progress = |p: Progress| bar.update(p);

@@ -107,7 +107,7 @@ fn judge(dir: &Path, base: Option<&str>, target: &str, bs: u64) {
             args.extend(["--base", b]);
         }
         if compress {
-            args.extend(["--compress", "zstd"]);
+            args.extend(["--compress", "zstd", "--digest"]);
         }
         ok(dir, &args);
 
@@ -519,6 +519,7 @@ fn unsupported_and_damaged_qcow2_is_refused() {
             "ok.qcow2",
             "--output-type",
             "qcow2",
+            "--digest",
         ],
     );
     let good = std::fs::read(p.join("ok.qcow2")).unwrap();
