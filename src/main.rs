@@ -53,9 +53,10 @@ struct ExportArgs {
     /// API's spellings METADATA_AND_DATA, METADATA_ONLY, ... work too).
     #[arg(long, value_name = "TYPE", default_value = "metadata-and-data", value_parser = parse_output_type)]
     output_type: OutputType,
-    /// Block size of change detection: a power of two from 4K to 2M.
-    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_block_size)]
-    block_size: BlockSize,
+    /// Block size of change detection (the qcow2 cluster size): a power of
+    /// two from 4K to 2M. Default: 64K for qcow2, 4K for the other types.
+    #[arg(long, value_name = "SIZE", value_parser = parse_block_size)]
+    block_size: Option<BlockSize>,
     /// qcow2 only: the backing file name to store (default: the base's path,
     /// made relative to the output's directory).
     #[arg(long, value_name = "NAME")]
@@ -98,7 +99,7 @@ struct DiffArgs {
     #[arg(value_name = "TARGET")]
     target: PathBuf,
     /// Block size of change detection: a power of two from 4K to 2M.
-    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_block_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4K", value_parser = parse_block_size)]
     block_size: BlockSize,
     /// Print the change map as JSON.
     #[arg(long)]
@@ -262,7 +263,9 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         ));
     }
     let options = ExportOptions {
-        block_size: args.block_size,
+        block_size: args
+            .block_size
+            .unwrap_or(args.output_type.default_block_size()),
         digests: args.digest
             || (!args.no_digest
                 && !matches!(args.output_type, OutputType::Qcow2 | OutputType::RbdDiff)),
