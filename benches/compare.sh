@@ -3,6 +3,7 @@
 # pairs, with a warm page cache, and prints one table.
 #
 # Usage: benches/compare.sh [WORKDIR]     (default: /tmp/snapdelta-bench)
+#        PAIRS="dense-10 ext4" RUNS=5 benches/compare.sh   (a subset, more runs)
 #
 # Pairs (made once, reused on later runs; about 14 GiB on disk):
 #   dense-1, dense-10, dense-50   2 GiB random base, target with 1 %, 10 %
@@ -27,6 +28,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/snapdelta-bench}
 runs=${RUNS:-3}
+pairs=${PAIRS:-dense-1 dense-10 dense-50 ext4 sparse-8g sparse-64g}
 bin="$here/target/release/snapdelta"
 export PATH="$PATH:/usr/sbin:/sbin"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
@@ -143,7 +145,7 @@ for p in sys.argv[1:]:
 make_pairs
 echo "# $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(qemu-img --version | head -1)"
 printf '%-11s %-28s %8s %8s %9s %8s %8s\n' pair command wall_s cpu_s rss_mib x_read qemu/x
-for pair in dense-1 dense-10 dense-50 ext4 sparse-8g sparse-64g; do
+for pair in $pairs; do
     base="$(readlink -f "$pair-base.img")"; target="$pair-target.img"
     cat "$base" "$target" > /dev/null  # warm the page cache
     rows=()

@@ -106,7 +106,7 @@ pub fn export_images(
                 total,
             })
         },
-    );
+    )?;
     let mut summary = stream(&map, &base, &target, digests.as_ref(), sink, progress)?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Image {
     path: PathBuf,
+    file: std::fs::File,
     map: Option<Mmap>,
     size: u64,
     allocation: Allocation,
@@ -132,6 +133,14 @@ impl Image {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("is {what}")),
             ));
         };
+        // Reads of a file opened non-blocking take a slow path: clear the
+        // flag now that the file is known to be a file or a device.
+        let flags = rustix::fs::fcntl_getfl(&file)
+            .map_err(std::io::Error::from)
+            .at(path)?;
+        rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+            .map_err(std::io::Error::from)
+            .at(path)?;
         let allocation = if kind.is_file() {
             Allocation::of(&file, size)
         } else {
@@ -158,6 +167,7 @@ impl Image {
         };
         Ok(Image {
             path: path.to_path_buf(),
+            file,
             map,
             size,
             allocation,
@@ -320,6 +330,33 @@ impl<'a> Source<'a> {
     /// the end.
     pub fn next_data(&self, pos: u64) -> Option<u64> {
         self.allocation.next_data(pos).filter(|&p| p < self.len())
+    }
+
+    /// Copies `buf.len()` bytes from `offset` into `buf`: with a system
+    /// call for an image (so that a file cut short underneath is an error,
+    /// not a `SIGBUS`, and no pages are mapped), from memory for a slice.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self.image {
+            Some(image) => {
+                use std::os::unix::fs::FileExt;
+                image.file.read_exact_at(buf, offset).map_err(|e| {
+                    let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::new(
+                            e.kind(),
+                            "the image is shorter than when it was opened: it changed during the export",
+                        )
+                    } else {
+                        e
+                    };
+                    Error::io(&image.path, e)
+                })
+            }
+            None => {
+                let start = offset as usize;
+                buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
+                Ok(())
+            }
+        }
     }
 
     /// See [`Image::release`]; nothing for a plain slice.

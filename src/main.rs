@@ -451,7 +451,7 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
                 total,
             })
         },
-    );
+    )?;
     bar.done();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = if args.json {

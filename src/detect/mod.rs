@@ -12,10 +12,12 @@ pub(crate) use compare::base_range;
 pub use compare::{classify, is_zero};
 
 use crate::digest::{chunk_digests, digest_range, Digests, ImageHasher, CHUNK};
+use crate::error::Result;
 use crate::geometry::{push_merged, BlockSize, Extent, ExtentKind};
 use crate::image::Source;
 use rayon::prelude::*;
 use serde::Serialize;
+use std::cell::RefCell;
 
 /// The sorted, non-overlapping, merged extents of one diff, with both
 /// image sizes.
@@ -110,15 +112,16 @@ pub fn detect_with_progress(
         block_size,
         false,
         progress,
-    );
+    )
+    .expect("reading from memory cannot fail");
     map
 }
 
 /// [`detect`] on one thread: the reference the parallel path must match.
 pub fn detect_serial(base: &[u8], target: &[u8], block_size: BlockSize) -> ChangeMap {
-    let (base, target) = (Source::from_bytes(base), Source::from_bytes(target));
-    let mut map = ChangeMap::new(block_size, base.len(), target.len());
-    for extent in classify_range(&base, &target, block_size, 0, target.len()) {
+    let (b, t) = (Source::from_bytes(base), Source::from_bytes(target));
+    let mut map = ChangeMap::new(block_size, b.len(), t.len());
+    for extent in classify_blocks(base, target, 0, &b, &t, block_size) {
         map.push(extent);
     }
     map
@@ -141,7 +144,7 @@ pub fn scan(
     block_size: BlockSize,
     digests: bool,
     progress: &mut dyn FnMut(u64),
-) -> (ChangeMap, Option<Digests>) {
+) -> Result<(ChangeMap, Option<Digests>)> {
     let mut map = ChangeMap::new(block_size, base.len(), target.len());
     let bs = block_size.get();
     let group = (GROUP_BYTES / bs).max(1) * bs;
@@ -173,26 +176,9 @@ pub fn scan(
             .map(|g| {
                 let start = g * group;
                 let end = (start + group).min(target.len());
-                let result = GroupResult {
-                    extents: classify_range(base, target, block_size, start, end),
-                    target_digests: if digests {
-                        chunk_digests(target, start, end)
-                    } else {
-                        Vec::new()
-                    },
-                    base_digests: if digests {
-                        chunk_digests(base, start, end)
-                    } else {
-                        Vec::new()
-                    },
-                };
-                // Each task releases what it read, so that no more than the
-                // groups in flight are mapped at once.
-                target.release(start, end);
-                base.release(start, end);
-                result
+                scan_group(base, target, block_size, start, end, digests)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         for part in parts {
             for extent in part.extents {
                 map.push(extent);
@@ -213,48 +199,158 @@ pub fn scan(
             target: target_hasher.finish(),
         }
     });
-    (map, digests)
+    Ok((map, digests))
 }
 
-/// Classifies the blocks in `[start, end)` of the target (`start` on a
-/// block boundary) into merged extents. A block that is a hole in both
-/// images is unchanged unread; a hole on one side reads as zeros.
-fn classify_range(
-    base: &Source<'_>,
-    target: &Source<'_>,
-    bs: BlockSize,
+thread_local! {
+    /// Each worker's buffers for one group of the target and of the base.
+    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Reads `[start, end)` of `src` into `buf` and returns the bytes, as
+/// zeros without reading where it is a hole. The bytes start on a page
+/// boundary inside `buf`: the kernel copies into an aligned buffer several
+/// times faster than into one a few bytes off.
+fn read_group<'b>(
+    src: &Source<'_>,
+    buf: &'b mut Vec<u8>,
     start: u64,
     end: u64,
+) -> Result<&'b mut [u8]> {
+    const PAGE: usize = 4096;
+    let end = end.min(src.len());
+    let len = end.saturating_sub(start) as usize;
+    if buf.len() < len + PAGE {
+        buf.resize(len + PAGE, 0);
+    }
+    let skip = buf.as_ptr().align_offset(PAGE).min(PAGE);
+    let bytes = &mut buf[skip..skip + len];
+    if len > 0 {
+        if src.is_hole(start, end) {
+            bytes.fill(0);
+        } else {
+            src.read_at(bytes, start)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// The chunk hashes of `src` for the chunks that start in `[start, end)`,
+/// from `buf` (which holds `src` from `start`) where it covers them.
+fn group_digests(src: &Source<'_>, buf: &[u8], start: u64, end: u64) -> Vec<[u8; 32]> {
+    let held = start + buf.len() as u64;
+    (start..end.min(src.len()))
+        .step_by(CHUNK as usize)
+        .map(|c| {
+            let e = (c + CHUNK).min(src.len());
+            if e <= held && !src.is_hole(c, e) {
+                *blake3::hash(&buf[(c - start) as usize..(e - start) as usize]).as_bytes()
+            } else {
+                chunk_digests(src, c, c + 1)[0]
+            }
+        })
+        .collect()
+}
+
+/// Detects one group of blocks, `[start, end)` of the target. Both images
+/// are read with system calls into this worker's buffers rather than
+/// through their mappings: a copy from the page cache into a buffer that
+/// stays in the CPU's cache costs less than mapping and releasing the
+/// pages, and a file cut short underneath is an error, not a `SIGBUS`.
+fn scan_group(
+    base: &Source<'_>,
+    target: &Source<'_>,
+    block_size: BlockSize,
+    start: u64,
+    end: u64,
+    digests: bool,
+) -> Result<GroupResult> {
+    if target.is_hole(start, end) && base.is_hole(start, end) {
+        return Ok(GroupResult {
+            extents: Vec::new(),
+            target_digests: if digests {
+                chunk_digests(target, start, end)
+            } else {
+                Vec::new()
+            },
+            base_digests: if digests {
+                chunk_digests(base, start, end)
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    BUFFERS.with(|cell| {
+        let (tbuf, bbuf) = &mut *cell.borrow_mut();
+        // Read a digest chunk (or a block, if larger) at a time, so that
+        // the bytes are still in the CPU's cache when they are compared.
+        let piece = CHUNK.max(block_size.get());
+        let mut result = GroupResult {
+            extents: Vec::new(),
+            target_digests: Vec::new(),
+            base_digests: Vec::new(),
+        };
+        let mut at = start;
+        while at < end {
+            let piece_end = (at + piece).min(end);
+            let t = read_group(target, tbuf, at, piece_end)?;
+            let b = read_group(base, bbuf, at, piece_end)?;
+            for extent in classify_blocks(b, t, at, base, target, block_size) {
+                push_merged(&mut result.extents, extent);
+            }
+            if digests {
+                result
+                    .target_digests
+                    .extend(group_digests(target, t, at, piece_end));
+                result
+                    .base_digests
+                    .extend(group_digests(base, b, at, piece_end));
+            }
+            at = piece_end;
+        }
+        Ok(result)
+    })
+}
+
+/// Classifies the blocks of one group into merged extents: `target` holds
+/// the target's bytes from `start`, `base` the base's (shorter where the
+/// base ends). A block that is a hole in both images is unchanged; a hole
+/// on one side reads as zeros.
+fn classify_blocks(
+    base: &[u8],
+    target: &[u8],
+    start: u64,
+    base_src: &Source<'_>,
+    target_src: &Source<'_>,
+    bs: BlockSize,
 ) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::new();
-    if target.is_hole(start, end) && base.is_hole(start, end) {
-        return out;
-    }
-    let mut offset = start;
-    while offset < end {
-        let len = bs.get().min(end - offset);
-        let (o, l) = (offset as usize, len as usize);
-        let old = base_range(base.bytes, o, l);
+    let mut local = 0usize;
+    while local < target.len() {
+        let len = (bs.get() as usize).min(target.len() - local);
+        let offset = start + local as u64;
+        let old = base_range(base, local, len);
+        let new = &target[local..local + len];
         let kind = match (
-            target.is_hole(offset, offset + len),
-            base.is_hole(offset, offset + len),
+            target_src.is_hole(offset, offset + len as u64),
+            base_src.is_hole(offset, offset + len as u64),
         ) {
             (true, true) => None,
             (true, false) => (!is_zero(old)).then_some(ExtentKind::Zero),
-            (false, true) => (!is_zero(&target.bytes[o..o + l])).then_some(ExtentKind::Data),
-            (false, false) => classify(old, &target.bytes[o..o + l]),
+            (false, true) => (!is_zero(new)).then_some(ExtentKind::Data),
+            (false, false) => classify(old, new),
         };
         if let Some(kind) = kind {
             push_merged(
                 &mut out,
                 Extent {
                     offset,
-                    length: len,
+                    length: len as u64,
                     kind,
                 },
             );
         }
-        offset += len;
+        local += len;
     }
     out
 }
