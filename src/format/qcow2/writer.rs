@@ -586,6 +586,19 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
         let result = (|| {
             let cs = l.cs;
             let end = extent.offset + extent.bytes.len() as u64;
+            if level.is_none() {
+                // Uncompressed clusters lie back to back in guest order:
+                // write the piece as it is, padding only a short last
+                // cluster.
+                let count = (extent.bytes.len() as u64).div_ceil(cs) as usize;
+                let first = l.placed[self.next_data];
+                self.pad_to(first.offset)?;
+                self.put(extent.bytes)?;
+                self.next_data += count;
+                let last = l.placed[self.next_data - 1];
+                self.pad_to(last.offset + cs)?;
+                return Ok(());
+            }
             let guests: Vec<u64> = (extent.offset..end).step_by(cs as usize).collect();
             for batch in guests.chunks(BATCH) {
                 let stored: Vec<Vec<u8>> = batch
