@@ -555,3 +555,37 @@ fn sparse_images_with_holes_on_either_side() {
     // Without a base, only the stored non-zero data of the target.
     roundtrip(p, None, "target.img", 4096);
 }
+
+/// An image cut short after it was opened is reported as an error by
+/// detection, which reads with system calls, instead of crashing the
+/// process through its mapping.
+#[test]
+fn an_image_truncated_underneath_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(8 << 20, 1));
+    write(p, "target.img", &pattern(8 << 20, 2));
+    let base = snapdelta::Image::open(p.join("base.img")).unwrap();
+    let target = snapdelta::Image::open(p.join("target.img")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.join("target.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    for digests in [false, true] {
+        let err = snapdelta::scan(
+            &base.source(),
+            &target.source(),
+            snapdelta::BlockSize::DEFAULT,
+            digests,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("target.img") && err.contains("changed during the export"),
+            "{err}"
+        );
+    }
+}
