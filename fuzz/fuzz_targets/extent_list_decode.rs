@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
     let mut end = 0u64;
     loop {
         match reader.next_record() {
-            Ok(Some(Record::Data { offset, length, payload, .. })) => {
+            Ok(Some(Record::Data {
+                offset,
+                length,
+                payload,
+                ..
+            })) => {
                 assert!(offset >= end && offset + length <= header.target_size);
                 assert!(length <= header.record_limit);
                 if let Some(p) = payload {
