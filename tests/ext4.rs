@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// Makes the pairs once for this test binary.
@@ -13,17 +12,7 @@ fn pairs() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make-ext4-pairs.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "making the ext4 pairs failed (e2fsprogs and python3 are needed): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_ext4_pairs(dir.path());
         let path = dir.path().to_path_buf();
         (dir, path)
     });

@@ -200,3 +200,15 @@ pub fn roundtrip(dir: &Path, base: Option<&str>, target: &str, bs: usize) -> Vec
     }
     expected
 }
+
+/// Makes the ext4 image pairs of `testdata/make-ext4-pairs.sh` in `dir`
+/// (e2fsprogs and python3 are needed; CI installs them).
+pub fn make_ext4_pairs(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make-ext4-pairs.sh");
+    let out = Command::new("bash").arg(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "making the ext4 pairs failed (e2fsprogs and python3 are needed): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
