@@ -589,3 +589,93 @@ fn an_image_truncated_underneath_is_an_error() {
         );
     }
 }
+
+/// Outputs are never readable by other users, and a symbolic link at the
+/// output's name is replaced, never followed (the B16 report's faults).
+#[test]
+fn outputs_are_private_and_links_are_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, "base.img", &pattern(65536, 1));
+    write(p, "target.img", &pattern(65536, 2));
+    for ty in [
+        "metadata-and-data",
+        "metadata-only",
+        "raw-sparse",
+        "qcow2",
+        "rbd-diff",
+    ] {
+        let out = format!("o.{ty}");
+        ok(
+            p,
+            &[
+                "export",
+                "--base",
+                "base.img",
+                "target.img",
+                "-o",
+                &out,
+                "--output-type",
+                ty,
+            ],
+        );
+        let mut files = vec![out.clone()];
+        if ty == "raw-sparse" {
+            files.push(format!("{out}.map"));
+        }
+        for f in files {
+            let mode = std::fs::metadata(p.join(&f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{f}: mode {mode:o}");
+        }
+    }
+    ok(
+        p,
+        &[
+            "apply",
+            "--base",
+            "base.img",
+            "o.metadata-and-data",
+            "-o",
+            "r.img",
+        ],
+    );
+    let mode = std::fs::metadata(p.join("r.img"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "apply result: mode {mode:o}");
+
+    std::fs::create_dir(p.join("out")).unwrap();
+    std::os::unix::fs::symlink("../victim", p.join("out/planted.ext")).unwrap();
+    let out = run(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out/planted.ext",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!p.join("victim").exists());
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "out/planted.ext",
+            "--force",
+        ],
+    );
+    assert!(!p.join("victim").exists(), "the planted link was followed");
+    assert!(!std::fs::symlink_metadata(p.join("out/planted.ext"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
