@@ -8,7 +8,7 @@ use serde::Serialize;
 use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
 use snapdelta::format::raw_sparse::map_path;
 use snapdelta::format::rbd_diff::RbdDiffEncoder;
-use snapdelta::output::{refuse_existing, AtomicFile};
+use snapdelta::output::{refuse_existing, AtomicFile, StreamingFile};
 use snapdelta::{
     apply, export_images, inspect, parse_size, scan, BlockSize, Error, ExportInput, ExportOptions,
     ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder, Sink,
@@ -371,7 +371,7 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             .file()
             .try_clone()
             .map_err(|e| Error::io(&args.output, e))?;
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(file)))?;
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
         let summary = export_images(
             base.as_ref(),
             &target,

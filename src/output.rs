@@ -88,6 +88,51 @@ impl AtomicFile {
     }
 }
 
+/// A file written front to back whose pages are handed to the disk every
+/// few MiB as it goes (`POSIX_FADV_DONTNEED` starts their writeback and
+/// lets the kernel drop them once written), so that the final sync waits
+/// for the last stretch only, and a large output does not crowd the page
+/// cache.
+#[derive(Debug)]
+pub struct StreamingFile {
+    file: File,
+    written: u64,
+    flushed: u64,
+}
+
+impl StreamingFile {
+    /// How much is written between two hand-overs.
+    const STRETCH: u64 = 32 << 20;
+
+    /// Wraps `file`, positioned at its start.
+    pub fn new(file: File) -> Self {
+        StreamingFile {
+            file,
+            written: 0,
+            flushed: 0,
+        }
+    }
+}
+
+impl std::io::Write for StreamingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushed >= Self::STRETCH {
+            // A hint: an error here changes nothing about the data.
+            let len = std::num::NonZeroU64::new(self.written - self.flushed);
+            let _ =
+                rustix::fs::fadvise(&self.file, self.flushed, len, rustix::fs::Advice::DontNeed);
+            self.flushed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Refuses an existing `path` unless `force`.
 pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     if !force && path.symlink_metadata().is_ok() {
