@@ -39,9 +39,6 @@ impl Default for ExportOptions {
 pub enum Phase {
     /// Comparing blocks; `done` and `total` count target bytes.
     Detect,
-    /// Hashing a whole image to check it (apply); `done` and `total`
-    /// count its bytes.
-    Digest,
     /// Writing extents to the sink; `done` and `total` count changed bytes.
     Write,
 }

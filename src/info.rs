@@ -82,22 +82,37 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
     }
 }
 
-/// Counts and totals of merged extents.
-fn totals(extents: &[Extent]) -> (u64, u64, u64, u64) {
-    let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
-    let bytes = |kind| {
-        extents
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.length)
-            .sum()
-    };
-    (
-        count(ExtentKind::Data),
-        count(ExtentKind::Zero),
-        bytes(ExtentKind::Data),
-        bytes(ExtentKind::Zero),
-    )
+impl ExportInfo {
+    /// An export of `output_type` holding `extents`, with its counts and
+    /// totals taken from them and nothing else known yet.
+    fn of_extents(output_type: &'static str, version: u16, extents: Vec<Extent>) -> Self {
+        let count = |kind| extents.iter().filter(|e| e.kind == kind).count() as u64;
+        let bytes = |kind| {
+            extents
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| e.length)
+                .sum()
+        };
+        ExportInfo {
+            output_type,
+            version,
+            block_size: 0,
+            base_size: 0,
+            target_size: 0,
+            data_extents: count(ExtentKind::Data),
+            zero_extents: count(ExtentKind::Zero),
+            data_bytes: bytes(ExtentKind::Data),
+            zero_bytes: bytes(ExtentKind::Zero),
+            stored_bytes: 0,
+            base_digest: None,
+            target_digest: None,
+            backing_file: None,
+            from_snap: None,
+            to_snap: None,
+            extents,
+        }
+    }
 }
 
 /// The merged extents of a checked extent-list stream. `check_data`, when
@@ -222,24 +237,15 @@ fn read_qcow2(path: &Path) -> Result<ExportInfo> {
             );
         }
     }
-    let (data_extents, zero_extents, data_bytes, zero_bytes) = totals(&extents);
     Ok(ExportInfo {
-        output_type: "QCOW2",
-        version: q.version() as u16,
         block_size: cs,
         base_size: record.map_or(0, |r| r.base_size),
         target_size,
-        data_extents,
-        zero_extents,
-        data_bytes,
-        zero_bytes,
         stored_bytes: q.file_size(),
         base_digest: record.and_then(|r| r.base_digest).as_ref().map(hex),
         target_digest: record.and_then(|r| r.target_digest).as_ref().map(hex),
         backing_file: q.backing_file().map(str::to_string),
-        from_snap: None,
-        to_snap: None,
-        extents,
+        ..ExportInfo::of_extents("QCOW2", q.version() as u16, extents)
     })
 }
 
@@ -280,23 +286,11 @@ fn read_rbd_diff(input: impl Read) -> Result<ExportInfo> {
             },
         );
     }
-    let (data_extents, zero_extents, data_bytes, zero_bytes) = totals(&extents);
     Ok(ExportInfo {
-        output_type: "RBD_DIFF",
-        version,
-        block_size: 0,
-        base_size: 0,
         target_size: size,
-        data_extents,
-        zero_extents,
-        data_bytes,
-        zero_bytes,
         stored_bytes: stored,
-        base_digest: None,
-        target_digest: None,
-        backing_file: None,
         from_snap,
         to_snap,
-        extents,
+        ..ExportInfo::of_extents("RBD_DIFF", version, extents)
     })
 }

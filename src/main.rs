@@ -204,7 +204,6 @@ impl Bar {
             );
             bar.set_message(match p.phase {
                 Phase::Detect => "compare",
-                Phase::Digest => "digest",
                 Phase::Write => "write",
             });
             *phase = Some(p.phase);
