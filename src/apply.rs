@@ -5,11 +5,11 @@
 //! digest when the export carries one), synced and only then renamed, so a
 //! failed apply leaves nothing under the output's name.
 
-use crate::detect::{base_range, is_zero};
+use crate::detect::is_zero;
 use crate::digest::image_digest;
 use crate::error::{Error, IoContext, Result};
 use crate::export::{Phase, Progress};
-use crate::format::extent_list::{crc_with_zeros, ExtentListReader, ListHeader, Record};
+use crate::format::extent_list::{ExtentListReader, ListHeader, Record};
 use crate::format::qcow2::{Mapping, Qcow2Reader};
 use crate::format::raw_sparse::{self, map_path};
 use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
@@ -340,26 +340,6 @@ fn apply_qcow2(
     target.finish(record.and_then(|r| r.target_digest), "QCOW2")
 }
 
-/// The CRC-32C of the base's bytes over `[offset, offset + length)`,
-/// zeros past its end; holes count as zeros without being read.
-fn base_crc(base: &Source<'_>, offset: u64, length: u64) -> u32 {
-    let end = offset + length;
-    let mut crc = crc_with_zeros(&[], 0);
-    let mut at = offset;
-    while at < end {
-        let next = (((at >> 20) + 1) << 20).min(end);
-        let part = if base.is_hole(at, next) {
-            crc_with_zeros(&[], next - at)
-        } else {
-            let old = base_range(base.bytes, at as usize, (next - at) as usize);
-            crc_with_zeros(old, next - at - old.len() as u64)
-        };
-        crc = crc32c::crc32c_combine(crc, part, (next - at) as usize);
-        at = next;
-    }
-    crc
-}
-
 /// What an export says about the base it needs and the image it makes.
 struct Expect {
     /// The base's size, where the export records it.
@@ -412,7 +392,7 @@ impl<'a> Target<'a> {
             )));
         }
         if let Some(expected) = header.base_digest {
-            if image_digest(base, &mut |_| {}) != expected {
+            if image_digest(base, &mut |_| {})? != expected {
                 return Err(Error::Mismatch(
                     "the base's BLAKE3 digest differs from the one the export was made against"
                         .into(),
@@ -425,12 +405,13 @@ impl<'a> Target<'a> {
         // Copy the base's stored ranges, leaving holes where it has holes
         // or zeros: the new file reads zeros there already.
         let keep = base.len().min(header.target_size);
+        let mut buf = Vec::new();
         for &(start, end) in base.allocation.ranges() {
             let end = end.min(keep);
             let mut at = start;
             while at < end {
                 let next = ((at >> 20) + 1) << 20;
-                let chunk = &base.bytes[at as usize..next.min(end) as usize];
+                let chunk = base.read_clipped(at, next.min(end) - at, &mut buf)?;
                 if !is_zero(chunk) {
                     file.write_all_at(chunk, at).at(output)?;
                 }
@@ -453,7 +434,7 @@ impl<'a> Target<'a> {
         let Some(expected) = expected else {
             return Ok(());
         };
-        let crc = base_crc(self.base, offset, length);
+        let crc = self.base.crc32c(offset, length)?;
         self.base.release(offset, offset + length);
         if crc != expected {
             return Err(Error::Mismatch(format!(
@@ -479,15 +460,17 @@ impl<'a> Target<'a> {
         self.check_base(offset, length, base_crc)?;
         // The output reads as zeros already wherever the copied base was
         // a hole or zero and past the base's end; overwrite only the rest.
-        let old = base_range(self.base.bytes, offset as usize, length as usize);
-        for (i, chunk) in old.chunks(ZEROS.len()).enumerate() {
-            let at = offset + (i * ZEROS.len()) as u64;
-            if !self.base.is_hole(at, at + chunk.len() as u64) && !is_zero(chunk) {
+        let stored_end = self.base.len().min(offset + length);
+        let (mut at, mut buf) = (offset, Vec::new());
+        while let Some(data) = self.base.next_data(at).filter(|&d| d < stored_end) {
+            let next = (data + ZEROS.len() as u64).min(stored_end);
+            if !is_zero(self.base.read_clipped(data, next - data, &mut buf)?) {
                 self.out
                     .file()
-                    .write_all_at(&ZEROS[..chunk.len()], at)
+                    .write_all_at(&ZEROS[..(next - data) as usize], data)
                     .at(self.out.path())?;
             }
+            at = next;
         }
         self.base.release(offset, offset + length);
         self.records += 1;
@@ -521,7 +504,7 @@ impl<'a> Target<'a> {
     ) -> Result<ApplySummary> {
         if let Some(expected) = target_digest {
             let written = Image::open(self.out.temp_path())?;
-            if image_digest(&written.source(), &mut |_| {}) != expected {
+            if image_digest(&written.source(), &mut |_| {})? != expected {
                 return Err(Error::Mismatch(
                     "the rebuilt image's BLAKE3 digest differs from the target's recorded in the \
                      export: the base or the export is not the right one"

@@ -9,6 +9,7 @@
 //! of being read: a sparse image is hashed in time that follows its stored
 //! bytes, not its size.
 
+use crate::error::Result;
 use crate::image::Source;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -32,9 +33,13 @@ pub struct Digests {
 impl Digests {
     /// Hashes two byte slices (see [`image_digest`]).
     pub fn compute(base: &[u8], target: &[u8]) -> Self {
+        let digest = |bytes| {
+            image_digest(&Source::from_bytes(bytes), &mut |_| {})
+                .expect("a slice in memory reads without error")
+        };
         Digests {
-            base: image_digest(&Source::from_bytes(base), &mut |_| {}),
-            target: image_digest(&Source::from_bytes(target), &mut |_| {}),
+            base: digest(base),
+            target: digest(target),
         }
     }
 }
@@ -57,17 +62,19 @@ fn zero_chunk_digest(len: u64) -> [u8; 32] {
 
 /// The hashes of the chunks that start in `[start, end)` (`start` on a
 /// chunk boundary); a chunk runs to the next boundary or the end of `src`.
-pub(crate) fn chunk_digests(src: &Source<'_>, start: u64, end: u64) -> Vec<[u8; 32]> {
+/// Chunks are read with system calls; holes are not read.
+pub(crate) fn chunk_digests(src: &Source<'_>, start: u64, end: u64) -> Result<Vec<[u8; 32]>> {
     let len = src.len();
+    let mut buf = Vec::new();
     (start..end.min(len))
         .step_by(CHUNK as usize)
         .map(|c| {
             let e = (c + CHUNK).min(len);
-            if src.is_hole(c, e) {
+            Ok(if src.is_hole(c, e) {
                 zero_chunk_digest(e - c)
             } else {
-                chunk_digest(&src.bytes[c as usize..e as usize])
-            }
+                chunk_digest(src.read_clipped(c, e - c, &mut buf)?)
+            })
         })
         .collect()
 }
@@ -127,10 +134,10 @@ impl ImageHasher {
 
 /// The image digest of `src`, hashing chunks in parallel and skipping
 /// holes. `progress` gets the bytes done after each window.
-pub fn image_digest(src: &Source<'_>, progress: &mut dyn FnMut(u64)) -> [u8; 32] {
+pub fn image_digest(src: &Source<'_>, progress: &mut dyn FnMut(u64)) -> Result<[u8; 32]> {
     let mut hasher = ImageHasher::new(src.len());
-    digest_range(src, 0, &mut hasher, progress);
-    hasher.finish()
+    digest_range(src, 0, &mut hasher, progress)?;
+    Ok(hasher.finish())
 }
 
 /// Adds the hashes of the chunks from `start` (a chunk boundary) to the
@@ -140,7 +147,7 @@ pub(crate) fn digest_range(
     start: u64,
     hasher: &mut ImageHasher,
     progress: &mut dyn FnMut(u64),
-) {
+) -> Result<()> {
     let window = WINDOW_CHUNKS * CHUNK;
     let mut at = start;
     while at < src.len() {
@@ -158,7 +165,7 @@ pub(crate) fn digest_range(
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|s| chunk_digests(src, s, (s + CHUNK * 16).min(end)))
-            .collect();
+            .collect::<Result<_>>()?;
         for p in &parts {
             hasher.push(p);
         }
@@ -166,6 +173,7 @@ pub(crate) fn digest_range(
         at = end;
         progress(at);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -180,14 +188,14 @@ mod tests {
         for chunk in bytes.chunks(CHUNK as usize) {
             outer.update(blake3::hash(chunk).as_bytes());
         }
-        let got = image_digest(&Source::from_bytes(&bytes), &mut |_| {});
+        let got = image_digest(&Source::from_bytes(&bytes), &mut |_| {}).unwrap();
         assert_eq!(got, *outer.finalize().as_bytes());
         assert_ne!(
             got,
-            image_digest(&Source::from_bytes(&bytes[1..]), &mut |_| {})
+            image_digest(&Source::from_bytes(&bytes[1..]), &mut |_| {}).unwrap()
         );
         // The empty image has a digest too.
-        let empty = image_digest(&Source::from_bytes(&[]), &mut |_| {});
+        let empty = image_digest(&Source::from_bytes(&[]), &mut |_| {}).unwrap();
         assert_eq!(empty, *blake3::hash(&0u64.to_le_bytes()).as_bytes());
     }
 
@@ -199,7 +207,7 @@ mod tests {
                 let mut bulk = ImageHasher::new(size);
                 bulk.push_holes(size, start, end);
                 let mut each = ImageHasher::new(size);
-                each.push(&chunk_digests(&Source::from_bytes(&zeros), start, end));
+                each.push(&chunk_digests(&Source::from_bytes(&zeros), start, end).unwrap());
                 assert_eq!(bulk.finish(), each.finish(), "{size} {start} {end}");
             }
         }
@@ -219,8 +227,8 @@ mod tests {
         let a = crate::Image::open(&sparse).unwrap();
         let b = crate::Image::open(&dense).unwrap();
         assert_eq!(
-            image_digest(&a.source(), &mut |_| {}),
-            image_digest(&b.source(), &mut |_| {})
+            image_digest(&a.source(), &mut |_| {}).unwrap(),
+            image_digest(&b.source(), &mut |_| {}).unwrap()
         );
     }
 }

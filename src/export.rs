@@ -1,6 +1,6 @@
 //! The export pipeline: open, detect, stream into a sink, finish.
 
-use crate::detect::{base_range, scan, ChangeMap};
+use crate::detect::{scan, ChangeMap};
 use crate::digest::Digests;
 use crate::error::Result;
 use crate::geometry::{BlockSize, ExtentKind};
@@ -166,9 +166,11 @@ fn stream(
     let total = header.data_bytes + header.zero_bytes;
     sink.begin(&header)?;
     let mut done = 0;
+    // Pieces are read with system calls, not through the mapping, so that
+    // an image cut short underneath is an error rather than a SIGBUS.
+    let (mut new, mut old) = (Vec::new(), Vec::new());
     for extent in &map.extents {
-        // Data extents go out in pieces, so that the pages of each piece
-        // can be released before the next is read.
+        // Data extents go out in pieces, so that memory stays bounded.
         let step = if extent.kind == ExtentKind::Data {
             PIECE
         } else {
@@ -177,18 +179,16 @@ fn stream(
         let mut offset = extent.offset;
         while offset < extent.end() {
             let length = step.min(extent.end() - offset);
-            let (o, l) = (offset as usize, length as usize);
-            let old = base_range(base.bytes, o, l);
             match extent.kind {
                 ExtentKind::Data => sink.data(&DataExtent {
                     offset,
-                    bytes: &target.bytes[o..o + l],
-                    base: old,
+                    bytes: target.read_clipped(offset, length, &mut new)?,
+                    base: base.read_clipped(offset, length, &mut old)?,
                 })?,
                 ExtentKind::Zero => sink.zero(&ZeroExtent {
                     offset,
                     length,
-                    base: old,
+                    base_crc: base.crc32c(offset, length)?,
                 })?,
             }
             target.release(offset, offset + length);
@@ -202,6 +202,10 @@ fn stream(
             });
         }
     }
+    // Whatever was read, in either pass, is one state of each image only
+    // if neither changed since it was opened: otherwise no end record.
+    target.check_unchanged()?;
+    base.check_unchanged()?;
     let finished = sink.finish()?;
     Ok(ExportSummary {
         block_size: header.block_size.get(),

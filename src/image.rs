@@ -4,6 +4,7 @@
 //! nobody changes the file: see [`Image::open`] for what that means.
 
 use crate::error::{Error, IoContext, Result};
+use crate::format::extent_list::crc_with_zeros;
 use memmap2::{Advice, Mmap, MmapOptions};
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
@@ -19,6 +20,27 @@ pub struct Image {
     map: Option<Mmap>,
     size: u64,
     allocation: Allocation,
+    /// What `fstat` said at open, to tell later whether the file changed.
+    stamp: Stamp,
+}
+
+/// The parts of a file's status that any write or truncation changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Which byte ranges of an image are stored; the rest are holes that read
@@ -103,10 +125,12 @@ impl Image {
     /// file is an [`Error::Io`] or [`Error::InvalidArgument`] naming the
     /// path. The file is never written.
     ///
-    /// The mapping assumes the file does not change while the `Image`
-    /// lives. Snapshot images are immutable by nature; if one is truncated
-    /// underneath anyway, reading past its new end raises `SIGBUS`, and
-    /// bytes rewritten underneath may be read in either state.
+    /// Snapshot images are immutable by nature. The engine reads them with
+    /// system calls ([`Source::read_at`]), so a file truncated underneath
+    /// is an error, not a `SIGBUS`; [`Image::check_unchanged`] tells whether
+    /// a regular file was written since it was opened. The mapping behind
+    /// [`Image::bytes`] is there for callers that want a slice: reading it
+    /// past the end of a file truncated underneath raises `SIGBUS`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         // Non-blocking, so that a FIFO given by mistake is refused below
@@ -171,6 +195,10 @@ impl Image {
             map,
             size,
             allocation,
+            stamp: Stamp {
+                size,
+                ..Stamp::of(&meta)
+            },
         })
     }
 
@@ -182,6 +210,31 @@ impl Image {
     /// The image's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Fails if the image was written, truncated or extended since it was
+    /// opened: its size, modification time or change time differ. The
+    /// change time cannot be set back by a writer, so any write through the
+    /// file system shows. A block device's times do not follow writes to
+    /// the device, so for a device only a change of size is seen.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let now = self.file.metadata().at(&self.path)?;
+        let now = if now.file_type().is_block_device() {
+            let size = (&self.file).seek(SeekFrom::End(0)).at(&self.path)?;
+            Stamp { size, ..self.stamp }
+        } else {
+            Stamp::of(&now)
+        };
+        if now == self.stamp {
+            return Ok(());
+        }
+        Err(Error::io(
+            &self.path,
+            std::io::Error::other(
+                "the image changed while it was being read (its size or modification time \
+                 differs from when it was opened); export again from a snapshot that does not change",
+            ),
+        ))
     }
 
     /// The image's bytes.
@@ -357,6 +410,60 @@ impl<'a> Source<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Reads the part of `[offset, offset + len)` that lies before the end
+    /// into `buf` and returns it: shorter than `len`, or empty, where the
+    /// range runs past the end. Holes are filled with zeros without being
+    /// read. Like [`Source::read_at`], a file cut short underneath is an
+    /// error, never a `SIGBUS`.
+    pub fn read_clipped<'b>(
+        &self,
+        offset: u64,
+        len: u64,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8]> {
+        let start = offset.min(self.len());
+        let end = offset.saturating_add(len).min(self.len());
+        buf.clear();
+        buf.resize((end - start) as usize, 0);
+        if start < end && !self.is_hole(start, end) {
+            self.read_at(buf, start)?;
+        }
+        Ok(buf)
+    }
+
+    /// CRC-32C of the bytes of `[offset, offset + length)`, zeros past the
+    /// end. Holes count as zeros without being read, so the time follows
+    /// the stored bytes in the range, not its length.
+    pub fn crc32c(&self, offset: u64, length: u64) -> Result<u32> {
+        const CHUNK: u64 = 1 << 20;
+        let end = offset.saturating_add(length);
+        let stored_end = self.len().min(end);
+        let (mut crc, mut at, mut buf) = (0, offset, Vec::new());
+        while at < end {
+            let next = match self.next_data(at) {
+                Some(data) if data < stored_end => data,
+                _ => end,
+            };
+            let (part, next) = if next > at {
+                (crc_with_zeros(&[], next - at), next)
+            } else {
+                let next = (at / CHUNK + 1).saturating_mul(CHUNK).min(stored_end);
+                (
+                    crc32c::crc32c(self.read_clipped(at, next - at, &mut buf)?),
+                    next,
+                )
+            };
+            crc = crc32c::crc32c_combine(crc, part, (next - at) as usize);
+            at = next;
+        }
+        Ok(crc)
+    }
+
+    /// See [`Image::check_unchanged`]; always true of a plain slice.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.image.map_or(Ok(()), Image::check_unchanged)
     }
 
     /// See [`Image::release`]; nothing for a plain slice.

@@ -84,13 +84,15 @@ pub struct DataExtent<'a> {
 
 /// A zero extent: a changed range that reads as zeros in the target.
 #[derive(Clone, Copy, Debug)]
-pub struct ZeroExtent<'a> {
+pub struct ZeroExtent {
     /// Where the range starts in the target.
     pub offset: u64,
     /// Its length in bytes.
     pub length: u64,
-    /// The base's bytes over the same range, cut at the base's end.
-    pub base: &'a [u8],
+    /// CRC-32C of the base's bytes over the same range, zeros past the
+    /// base's end. A zero extent can be as long as the disk, so the base's
+    /// bytes are not handed over, only their checksum.
+    pub base_crc: u32,
 }
 
 /// What a sink reports when it finishes.
@@ -119,7 +121,7 @@ pub struct SinkSummary {
 ///         self.data += extent.bytes.len() as u64;
 ///         Ok(())
 ///     }
-///     fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()> {
+///     fn zero(&mut self, extent: &ZeroExtent) -> Result<()> {
 ///         self.zero += extent.length;
 ///         Ok(())
 ///     }
@@ -142,7 +144,7 @@ pub trait Sink {
     /// Called for each data extent (or piece of one), in offset order.
     fn data(&mut self, extent: &DataExtent<'_>) -> Result<()>;
     /// Called for each zero extent, in offset order.
-    fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()>;
+    fn zero(&mut self, extent: &ZeroExtent) -> Result<()>;
     /// Called once after the last extent; flushes and reports.
     fn finish(&mut self) -> Result<SinkSummary>;
 }

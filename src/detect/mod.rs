@@ -190,15 +190,17 @@ pub fn scan(
         first = last;
         progress(done);
     }
-    let digests = digests.then(|| {
+    let digests = if digests {
         // The base's chunks past the target's end, when it is longer.
         let from = target.len().div_ceil(CHUNK) * CHUNK;
-        digest_range(base, from, &mut base_hasher, &mut |_| {});
-        Digests {
+        digest_range(base, from, &mut base_hasher, &mut |_| {})?;
+        Some(Digests {
             base: base_hasher.finish(),
             target: target_hasher.finish(),
-        }
-    });
+        })
+    } else {
+        None
+    };
     Ok((map, digests))
 }
 
@@ -237,17 +239,17 @@ fn read_group<'b>(
 
 /// The chunk hashes of `src` for the chunks that start in `[start, end)`,
 /// from `buf` (which holds `src` from `start`) where it covers them.
-fn group_digests(src: &Source<'_>, buf: &[u8], start: u64, end: u64) -> Vec<[u8; 32]> {
+fn group_digests(src: &Source<'_>, buf: &[u8], start: u64, end: u64) -> Result<Vec<[u8; 32]>> {
     let held = start + buf.len() as u64;
     (start..end.min(src.len()))
         .step_by(CHUNK as usize)
         .map(|c| {
             let e = (c + CHUNK).min(src.len());
-            if e <= held && !src.is_hole(c, e) {
+            Ok(if e <= held && !src.is_hole(c, e) {
                 *blake3::hash(&buf[(c - start) as usize..(e - start) as usize]).as_bytes()
             } else {
-                chunk_digests(src, c, c + 1)[0]
-            }
+                chunk_digests(src, c, c + 1)?[0]
+            })
         })
         .collect()
 }
@@ -269,12 +271,12 @@ fn scan_group(
         return Ok(GroupResult {
             extents: Vec::new(),
             target_digests: if digests {
-                chunk_digests(target, start, end)
+                chunk_digests(target, start, end)?
             } else {
                 Vec::new()
             },
             base_digests: if digests {
-                chunk_digests(base, start, end)
+                chunk_digests(base, start, end)?
             } else {
                 Vec::new()
             },
@@ -301,10 +303,10 @@ fn scan_group(
             if digests {
                 result
                     .target_digests
-                    .extend(group_digests(target, t, at, piece_end));
+                    .extend(group_digests(target, t, at, piece_end)?);
                 result
                     .base_digests
-                    .extend(group_digests(base, b, at, piece_end));
+                    .extend(group_digests(base, b, at, piece_end)?);
             }
             at = piece_end;
         }

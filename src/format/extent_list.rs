@@ -246,8 +246,8 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
         Ok(())
     }
 
-    fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()> {
-        let base_crc = crc_with_zeros(extent.base, extent.length - extent.base.len() as u64);
+    fn zero(&mut self, extent: &ZeroExtent) -> Result<()> {
+        let base_crc = extent.base_crc;
         self.record(
             TAG_ZERO,
             extent.offset,

@@ -108,7 +108,7 @@ impl<W: Write> Sink for RawSparseEncoder<W> {
         self.map.data(extent)
     }
 
-    fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()> {
+    fn zero(&mut self, extent: &ZeroExtent) -> Result<()> {
         // Zeros are written, not left as holes, so the file alone still
         // shows the change to tools that read allocation; the map is what
         // apply trusts.

@@ -189,7 +189,7 @@ impl<W: Write> Sink for RbdDiffEncoder<W> {
         Ok(())
     }
 
-    fn zero(&mut self, extent: &ZeroExtent<'_>) -> Result<()> {
+    fn zero(&mut self, extent: &ZeroExtent) -> Result<()> {
         if extent.length > 0 {
             self.put_range(TAG_ZERO, extent.offset, extent.length)?;
         }

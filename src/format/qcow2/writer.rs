@@ -20,6 +20,7 @@
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::image::Source;
 use crate::sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
 use rayon::prelude::*;
 use std::io::Write;
@@ -209,17 +210,13 @@ impl<W: Write> Qcow2Encoder<W> {
     }
 }
 
-/// One guest cluster's bytes, padded with zeros to a whole cluster.
-fn cluster_bytes(target: &[u8], offset: u64, cs: u64) -> std::borrow::Cow<'_, [u8]> {
-    let start = offset as usize;
-    let end = (offset + cs).min(target.len() as u64) as usize;
-    if end - start == cs as usize {
-        std::borrow::Cow::Borrowed(&target[start..end])
-    } else {
-        let mut v = target[start..end].to_vec();
-        v.resize(cs as usize, 0);
-        std::borrow::Cow::Owned(v)
-    }
+/// One guest cluster's bytes, read from the target and padded with zeros
+/// to a whole cluster.
+fn cluster_bytes(target: &Source<'_>, offset: u64, cs: u64) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    target.read_clipped(offset, cs, &mut v)?;
+    v.resize(cs as usize, 0);
+    Ok(v)
 }
 
 /// zstd-compresses a cluster; `None` when that does not make it smaller.
@@ -230,13 +227,13 @@ fn compress(cluster: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
 
 /// The guest offsets of every data cluster, in order: those of the data
 /// extents, then the tail cluster when [`tail_cluster`] says so.
-fn data_clusters<'a>(h: &'a ExportHeader<'a>) -> impl Iterator<Item = u64> + 'a {
+fn data_clusters<'a>(h: &'a ExportHeader<'a>, tail: Option<u64>) -> impl Iterator<Item = u64> + 'a {
     let cs = h.block_size.get();
     h.extents
         .iter()
         .filter(|e| e.kind == crate::geometry::ExtentKind::Data)
         .flat_map(move |e| (e.offset..e.end()).step_by(cs as usize))
-        .chain(tail_cluster(h))
+        .chain(tail)
 }
 
 /// The last cluster, when it must be stored although it is unchanged.
@@ -245,22 +242,20 @@ fn data_clusters<'a>(h: &'a ExportHeader<'a>) -> impl Iterator<Item = u64> + 'a 
 /// base is longer, an unchanged last cluster would show the base's bytes
 /// in that rounding instead of zeros, so it is stored as data: the
 /// target's bytes followed by zeros.
-fn tail_cluster(h: &ExportHeader<'_>) -> Option<u64> {
+fn tail_cluster(h: &ExportHeader<'_>) -> Result<Option<u64>> {
     let cs = h.block_size.get();
     let virtual_size = h.target_size.div_ceil(512) * 512;
     if virtual_size == h.target_size {
-        return None;
+        return Ok(None);
     }
     let last = (h.target_size - 1) / cs * cs;
     if h.extents.last().is_some_and(|e| e.end() > last) {
-        return None;
+        return Ok(None);
     }
-    let tail = crate::detect::base_range(
-        h.base.bytes,
-        h.target_size as usize,
-        (virtual_size - h.target_size) as usize,
-    );
-    (!crate::detect::is_zero(tail)).then_some(last)
+    let mut tail = Vec::new();
+    h.base
+        .read_clipped(h.target_size, virtual_size - h.target_size, &mut tail)?;
+    Ok((!crate::detect::is_zero(&tail)).then_some(last))
 }
 
 fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
@@ -279,7 +274,8 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
 
     // Data area, relative to its start: uncompressed clusters aligned,
     // compressed ones packed byte by byte.
-    let offsets: Vec<u64> = data_clusters(h).collect();
+    let tail = tail_cluster(h)?;
+    let offsets: Vec<u64> = data_clusters(h, tail).collect();
     let mut placed = Vec::with_capacity(offsets.len());
     let mut refcounts: Vec<u16> = Vec::new();
     let mut cursor = 0u64;
@@ -289,7 +285,7 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
             Some(level) => batch
                 .par_iter()
                 .map(|&o| {
-                    compress(&cluster_bytes(h.target.bytes, o, cs), level)
+                    compress(&cluster_bytes(h.target, o, cs)?, level)
                         .map(|c| c.map(|c| c.len() as u32))
                 })
                 .collect::<Result<_>>()?,
@@ -348,7 +344,6 @@ fn plan(h: &ExportHeader<'_>, level: Option<i32>) -> Result<Layout> {
     );
 
     // L2 tables for every L1 index with a changed or tail cluster.
-    let tail = tail_cluster(h);
     let mut l2_tables: Vec<u64> = Vec::new();
     let spans = h
         .extents
@@ -575,7 +570,8 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
         debug_assert_eq!(self.written, l.data_offset);
         self.tail_bytes = l
             .tail
-            .map(|t| cluster_bytes(h.target.bytes, t, l.cs).into_owned());
+            .map(|t| cluster_bytes(h.target, t, l.cs))
+            .transpose()?;
         self.layout = Some(l);
         Ok(())
     }
@@ -636,7 +632,7 @@ impl<W: Write> Sink for Qcow2Encoder<W> {
         result
     }
 
-    fn zero(&mut self, _extent: &ZeroExtent<'_>) -> Result<()> {
+    fn zero(&mut self, _extent: &ZeroExtent) -> Result<()> {
         // Zero clusters live in the L2 tables only.
         Ok(())
     }
