@@ -25,6 +25,11 @@ const INCOMPAT_CORRUPT: u64 = 2;
 const INCOMPAT_DATA_FILE: u64 = 4;
 const INCOMPAT_COMPRESSION: u64 = 8;
 const INCOMPAT_EXTL2: u64 = 16;
+/// Autoclear feature bit: set by snapdelta to say that the image carries
+/// its export record. qemu clears autoclear bits it does not know when it
+/// writes an image; a reader finding the bit set but no record knows the
+/// header was damaged.
+const AUTOCLEAR_RECORD: u64 = 1 << 32;
 /// L1 and L2 entry bits.
 const COPIED: u64 = 1 << 63;
 const COMPRESSED: u64 = 1 << 62;

@@ -189,6 +189,12 @@ impl Qcow2Reader {
         // qemu writes header extensions after the 72-byte version 2 header
         // too.
         let (backing_format, record) = read_extensions(&first, header_len, ext_end)?;
+        if version == 3 && be64(&head, 88) & AUTOCLEAR_RECORD != 0 && record.is_none() {
+            return Err(corrupt(
+                88,
+                "the header says it carries snapdelta's export record, but no record is there",
+            ));
+        }
 
         let l1_size = u64::from(be32(&head, 36));
         let l1_offset = be64(&head, 40);

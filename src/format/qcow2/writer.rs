@@ -448,6 +448,7 @@ fn header_cluster(l: &Layout, h: &ExportHeader<'_>, options: &Qcow2Options) -> R
     put64(&mut c, 48, l.rt_offset);
     put32(&mut c, 56, l.rt_clusters as u32);
     put64(&mut c, 72, if zstd { INCOMPAT_COMPRESSION } else { 0 });
+    put64(&mut c, 88, AUTOCLEAR_RECORD);
     put32(&mut c, 96, REFCOUNT_ORDER);
     put32(&mut c, 100, header_len as u32);
     if zstd {
