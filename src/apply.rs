@@ -13,7 +13,7 @@ use crate::format::extent_list::{ExtentListReader, ListHeader, Record};
 use crate::format::qcow2::{Mapping, Qcow2Reader};
 use crate::format::raw_sparse::{self, map_path};
 use crate::format::rbd_diff::{RbdDiffReader, RbdRecord};
-use crate::format::{sniff, Recognised};
+use crate::format::{cut_in_signature, sniff, Recognised};
 use crate::image::{Image, Source};
 use crate::output::AtomicFile;
 use serde::Serialize;
@@ -120,12 +120,15 @@ pub fn apply(
                     apply_raw_sparse(base_bytes, path, output, force, progress)?
                 }
                 None => {
+                    if let Some(e) = cut_in_signature(input.get_ref().0.get_ref()) {
+                        return Err(e);
+                    }
                     return Err(Error::Unsupported(format!(
                         "{} is not an export snapdelta reads (extent-list, qcow2, rbd diff), \
                          and no change map {} lies beside it as a raw sparse export needs",
                         path.display(),
                         map_path(path).display()
-                    )))
+                    )));
                 }
             }
         }

@@ -285,3 +285,100 @@ fn b09_change_across_a_block_boundary() {
     let ext = roundtrip(p, Some("base.img"), "target.img", 4096);
     assert_eq!(ext, vec![(0, 8192, "data"), (12288, 4096, "data")]);
 }
+
+/// B12: a truncated, altered or overlong export fed to apply. Every damage
+/// is an error that names it, no output appears, an in-place apply leaves
+/// the base as it was, and a stream that arrives one byte per write
+/// through a pipe applies like the file.
+#[test]
+fn b12_truncated_or_corrupted_export() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    fill(&p.join("base.img"), 0, 262144, 0x11);
+    std::fs::copy(p.join("base.img"), p.join("target.img")).unwrap();
+    fill(&p.join("target.img"), 12288, 4096, 0x22);
+    fill(&p.join("target.img"), 69632, 4096, 0x33);
+    fill(&p.join("target.img"), 163840, 4096, 0);
+    let export = [
+        "export",
+        "--base",
+        "base.img",
+        "target.img",
+        "--block-size",
+        "4096",
+        "-o",
+        "out.ext",
+    ];
+    ok(p, &export);
+    let full = std::fs::read(p.join("out.ext")).unwrap();
+    let n = full.len();
+    for k in [0, 1, n / 2, n - 1] {
+        std::fs::write(p.join("cut.ext"), &full[..k]).unwrap();
+        let err = fails(
+            p,
+            &["apply", "--base", "base.img", "cut.ext", "-o", "res.img"],
+        );
+        assert!(
+            err.contains("truncated") && err.contains(&format!("byte {k}")),
+            "cut {k}: {err}"
+        );
+        assert!(!p.join("res.img").exists(), "cut {k} left res.img");
+    }
+    let mut flipped = full.clone();
+    flipped[n / 2] ^= 0xFF;
+    std::fs::write(p.join("flip.ext"), &flipped).unwrap();
+    let err = fails(
+        p,
+        &["apply", "--base", "base.img", "flip.ext", "-o", "flip.img"],
+    );
+    assert!(err.contains("CRC") || err.contains("checksum"), "{err}");
+    assert!(!p.join("flip.img").exists());
+    let mut tail = full.clone();
+    tail.extend_from_slice(b"junk");
+    std::fs::write(p.join("tail.ext"), &tail).unwrap();
+    let err = fails(
+        p,
+        &["apply", "--base", "base.img", "tail.ext", "-o", "tail.img"],
+    );
+    assert!(err.contains("after the end record"), "{err}");
+    assert!(!p.join("tail.img").exists());
+
+    // One byte per write through a pipe.
+    let mut child = Command::new(bin())
+        .args(["apply", "--base", "base.img", "-", "-o", "pipe.img"])
+        .current_dir(p)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for byte in &full {
+        stdin.write_all(std::slice::from_ref(byte)).unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert!(
+        std::fs::read(p.join("pipe.img")).unwrap() == std::fs::read(p.join("target.img")).unwrap()
+    );
+
+    // In place: the output is the base itself, and the export is cut.
+    std::fs::copy(p.join("base.img"), p.join("inplace.img")).unwrap();
+    std::fs::write(p.join("half.ext"), &full[..n / 2]).unwrap();
+    fails(
+        p,
+        &[
+            "apply",
+            "--base",
+            "inplace.img",
+            "half.ext",
+            "-o",
+            "inplace.img",
+            "--force",
+        ],
+    );
+    assert!(
+        std::fs::read(p.join("inplace.img")).unwrap() == std::fs::read(p.join("base.img")).unwrap()
+    );
+}

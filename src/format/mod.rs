@@ -139,6 +139,20 @@ pub fn recognise(head: &[u8]) -> Option<Recognised> {
     }
 }
 
+/// The error for an input of fewer bytes than a signature that begins like
+/// one (an empty input included): an export cut short, not a foreign file.
+pub(crate) fn cut_in_signature(head: &[u8]) -> Option<Error> {
+    let signatures: [&[u8]; 3] = [&extent_list::MAGIC, b"QFI\xfb", b"rbd diff"];
+    signatures
+        .iter()
+        .any(|s| head.len() < s.len() && s.starts_with(head))
+        .then(|| Error::Corrupt {
+            what: "export",
+            offset: head.len() as u64,
+            message: "truncated: the input ends inside the signature of an export".into(),
+        })
+}
+
 /// The reader `sniff` hands back: the bytes it read, then the rest.
 pub(crate) type Sniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
 
