@@ -273,7 +273,7 @@ fn image_pair(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The output types the round trip goes through, with their options.
-const ROUNDTRIP_TYPES: [&str; 6] = [
+pub const ROUNDTRIP_TYPES: [&str; 6] = [
     "metadata-and-data",
     "metadata-and-data-zstd",
     "raw-sparse",
@@ -283,20 +283,30 @@ const ROUNDTRIP_TYPES: [&str; 6] = [
 ];
 
 /// Two images built from the fuzzer's bytes, exported through one encoder
-/// chosen by the first byte (with a block size and digests chosen too),
-/// then applied to the base: the result is the target, byte for byte.
+/// chosen by the first byte (with a block size and digests chosen too):
+/// see [`roundtrip_pair`].
 pub fn encode_roundtrip(data: &[u8]) {
     let Some((&choice, rest)) = data.split_first() else {
         return;
     };
     let ty = ROUNDTRIP_TYPES[choice as usize % ROUNDTRIP_TYPES.len()];
     let block_size = BlockSize::new(4096 << (choice / 8 % 3)).unwrap();
-    let digests = choice & 0x80 != 0 && ty != "rbd-diff";
+    let digests = choice & 0x80 != 0;
     let (base, target) = image_pair(rest);
+    roundtrip_pair(&base, &target, ty, block_size, digests);
+}
+
+/// Exports `base` -> `target` as `ty` (one of [`ROUNDTRIP_TYPES`]; digests
+/// are ignored for rbd-diff, which has no place for them), checks the
+/// export's totals and the extents its stream decodes to against a fresh
+/// detection, and applies it to the base: the result is the target, byte
+/// for byte, its digest checked when recorded.
+pub fn roundtrip_pair(base: &[u8], target: &[u8], ty: &str, block_size: BlockSize, digests: bool) {
+    let digests = digests && ty != "rbd-diff";
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("base.img"), &base).unwrap();
-    std::fs::write(d.join("target.img"), &target).unwrap();
+    std::fs::write(d.join("base.img"), base).unwrap();
+    std::fs::write(d.join("target.img"), target).unwrap();
     let base_image = Image::open(d.join("base.img")).unwrap();
     let target_image = Image::open(d.join("target.img")).unwrap();
     let export = d.join("export");
@@ -331,7 +341,7 @@ pub fn encode_roundtrip(data: &[u8]) {
     .expect("export of two readable images");
     drop(sink);
     assert_eq!(summary.target_size, target.len() as u64);
-    let map = detect(&base, &target, block_size);
+    let map = detect(base, target, block_size);
     assert_eq!(summary.data_bytes, map.bytes(ExtentKind::Data));
     assert_eq!(summary.zero_bytes, map.bytes(ExtentKind::Zero));
     // The streams decode to the extents detected.

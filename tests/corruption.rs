@@ -1,5 +1,5 @@
 //! A truncated or altered extent-list stream is an error that says what
-//! and where, never a panic; apply leaves no output behind.
+//! and where, never a panic.
 
 use snapdelta::{export_map, BlockSize, Digests, Error, ExtentListEncoder, ExtentListReader};
 

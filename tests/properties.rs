@@ -1,7 +1,9 @@
 //! Properties over random image pairs: detection matches the reference,
-//! serial and parallel agree, and every stream decodes to what was
-//! encoded and rebuilds the target.
+//! serial and parallel agree, every stream decodes to what was encoded,
+//! and every output type applies to the base to give the target.
 
+#[path = "../fuzz/checks.rs"]
+mod checks;
 mod common;
 use common::refdiff;
 use proptest::prelude::*;
@@ -109,5 +111,15 @@ proptest! {
         prop_assert!(rebuilt == target);
         let expected: Vec<_> = map.extents.iter().map(|e| (e.offset, e.length, e.kind)).collect();
         prop_assert_eq!(extents, expected);
+    }
+
+    #[test]
+    fn every_output_type_applies_to_the_target(
+        (base, target, bs) in pair(),
+        ty in prop::sample::select(checks::ROUNDTRIP_TYPES.to_vec()),
+        digests in any::<bool>(),
+    ) {
+        let block = BlockSize::new(u64::from(bs)).unwrap();
+        checks::roundtrip_pair(&base, &target, ty, block, digests);
     }
 }
