@@ -277,7 +277,7 @@ fn run(
         }
     };
     let base_size = plan.base.as_ref().map_or(0, |b| b.2);
-    if summary.data_bytes + summary.zero_bytes == 0 {
+    if summary.data_bytes + summary.zero_bytes == 0 && summary.target_size == base_size {
         op.warnings.push(Warning {
             code: warnings::NO_CHANGES_FOUND.into(),
             message: "the target has no changes from the base: the object lists none".into(),
@@ -927,7 +927,7 @@ mod tests {
             (Phase::Detect, 0, 10),
             (Phase::Detect, 5, 10),
             (Phase::Detect, 10, 10),
-            (Phase::Write, 0, 0),
+            (Phase::Write, 0, 4),
             (Phase::Write, 3, 4),
             (Phase::Write, 4, 4),
         ] {
