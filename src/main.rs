@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Export the blocks that changed from BASE to TARGET.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// List the changed extents from BASE to TARGET.
     Diff(DiffArgs),
     /// Rebuild the target from BASE and an export.
@@ -179,7 +179,7 @@ fn parse_compress(text: &str) -> Result<i32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Export(args) => export(args),
+        Command::Export(args) => export(*args),
         Command::Diff(args) => diff(args),
         Command::Apply(args) => run_apply(args),
         Command::Info(args) => info(args),

@@ -168,6 +168,10 @@ fn error_of(answer: &Value) -> (String, String) {
     )
 }
 
+/// A row of the rule table: what, target, body, extra arguments, the
+/// expected code and location.
+type Case<'a> = (&'a str, &'a str, Value, &'a [&'a str], &'a str, String);
+
 #[test]
 fn every_rule_answers_its_code_and_location() {
     let env = Env::new();
@@ -209,7 +213,7 @@ fn every_rule_answers_its_code_and_location() {
     let long_236 = "n".repeat(236);
     let ep = "exportParams.";
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Value, &[&str], &str, String)> = vec![
+    let cases: Vec<Case> = vec![
         ("unknown target", "nope", params("obj.sdx"), &[], "RESOURCE_NOT_FOUND", "instantSnapshot".into()),
         ("target name with a path", "../snaps/s2", params("obj.sdx"), &[], "INVALID_FIELD_VALUE", "instantSnapshot".into()),
         ("target metadata broken", "s8", drop("baseInstantSnapshot"), &[], "INVALID_SNAPSHOT_METADATA", "instantSnapshot".into()),
