@@ -24,7 +24,7 @@ pub struct RequestArgs {
     /// `exportParams`); TARGET is then the target snapshot's name. The
     /// answer is an Operation, printed as JSON.
     #[arg(long, value_name = "FILE", requires_all = ["snapshots", "buckets"],
-          conflicts_with_all = ["base", "output", "block_size", "backing", "compress", "digest",
+          conflicts_with_all = ["base", "output", "output_type", "block_size", "backing", "compress", "digest",
                                 "no_digest", "from_snap", "to_snap", "json", "force", "key_file"])]
     pub request: Option<PathBuf>,
     /// The snapshot directory: snapshot NAME is NAME.img with NAME.json.

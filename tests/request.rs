@@ -751,6 +751,76 @@ fn the_plain_export_encrypts_with_a_key_file_and_refuses_types_that_cannot() {
         std::fs::read(env.path().join("e.img")).unwrap(),
         std::fs::read(env.path().join("snaps/s2.img")).unwrap()
     );
+    // Many records in one piece (sealed in parallel), compressed, and a
+    // zero extent: the indexes and the compressed payloads still open.
+    let big_base = env.path().join("big-base.img");
+    let big = env.path().join("big.img");
+    fill(&big_base, 0, 5 << 20, 0x44);
+    for i in 0..(3u64 << 8) {
+        fill(&big, i * 4096, 4096, (i % 251) as u8 + 1);
+    }
+    fill(&big, 3 << 20, 1 << 20, 0);
+    fill(&big, 4 << 20, 1 << 20, 0x44);
+    for compress in [&[][..], &["--compress", "zstd"][..]] {
+        let mut args = vec![
+            "export",
+            "--base",
+            "big-base.img",
+            "big.img",
+            "-o",
+            "big.sdx",
+            "--force",
+            "--key-file",
+            "key",
+        ];
+        args.extend(compress);
+        ok(env.path(), &args);
+        ok(
+            env.path(),
+            &[
+                "apply",
+                "--base",
+                "big-base.img",
+                "big.sdx",
+                "-o",
+                "big-r.img",
+                "--force",
+                "--key-file",
+                "key",
+            ],
+        );
+        assert_eq!(
+            std::fs::read(env.path().join("big-r.img")).unwrap(),
+            std::fs::read(&big).unwrap()
+        );
+    }
+    let (info, _) = {
+        let out = ok(
+            env.path(),
+            &["info", "--json", "--key-file", "key", "big.sdx"],
+        );
+        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), ())
+    };
+    assert_eq!(info["zero_extents"], 1);
+    assert_eq!(info["encryption_key_sha256"], KEY_SHA256);
+    // METADATA_ONLY is sealed too.
+    ok(
+        env.path(),
+        &[
+            "export",
+            "--base",
+            "big-base.img",
+            "big.img",
+            "-o",
+            "big.map",
+            "--output-type",
+            "metadata-only",
+            "--key-file",
+            "key",
+        ],
+    );
+    assert!(!run(env.path(), &["info", "big.map"]).status.success());
+    ok(env.path(), &["info", "--key-file", "key", "big.map"]);
     for ty in ["raw-sparse", "qcow2", "rbd-diff"] {
         let out = run(
             env.path(),
