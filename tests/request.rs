@@ -654,6 +654,7 @@ fn a_protected_snapshot_exports_encrypted_and_reads_back_only_with_its_key() {
         ],
     );
     assert!(err.contains("key"), "{err}");
+    assert!(!env.path().join("n.img").exists());
     assert!(!run(env.path(), &["info", obj]).status.success());
     fails(env.path(), &["info", "--key-file", "other-key", obj]);
 
