@@ -5,6 +5,7 @@
 //! digest when the export carries one), synced and only then renamed, so a
 //! failed apply leaves nothing under the output's name.
 
+use crate::crypt::CustomerKey;
 use crate::detect::is_zero;
 use crate::digest::image_digest;
 use crate::error::{Error, IoContext, Result};
@@ -72,6 +73,20 @@ pub fn apply(
     force: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ApplySummary> {
+    apply_with_key(base, export, output, force, None, progress)
+}
+
+/// [`apply()`] of an export that may be encrypted: an encrypted
+/// extent-list stream needs its `key`; a missing or wrong key is refused
+/// before anything is written.
+pub fn apply_with_key(
+    base: Option<&Path>,
+    export: &ExportInput,
+    output: &Path,
+    force: bool,
+    key: Option<&CustomerKey>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ApplySummary> {
     let started = Instant::now();
     crate::output::refuse_existing(output, force)?;
     let base_image = base.map(Image::open).transpose()?;
@@ -92,7 +107,14 @@ pub fn apply(
                         "a qcow2 export cannot be read from standard input: give its path".into(),
                     ))
                 }
-                _ => apply_stream(base_bytes, BufReader::new(input), output, force, progress)?,
+                _ => apply_stream(
+                    base_bytes,
+                    BufReader::new(input),
+                    output,
+                    force,
+                    key,
+                    progress,
+                )?,
             }
         }
         ExportInput::Path(path) => {
@@ -101,9 +123,14 @@ pub fn apply(
             let regular = file.metadata().at(path)?.is_file();
             let (kind, input) = sniff(file).at(path)?;
             match kind {
-                Some(Recognised::ExtentList) => {
-                    apply_stream(base_bytes, BufReader::new(input), output, force, progress)?
-                }
+                Some(Recognised::ExtentList) => apply_stream(
+                    base_bytes,
+                    BufReader::new(input),
+                    output,
+                    force,
+                    key,
+                    progress,
+                )?,
                 Some(Recognised::RbdDiff) => {
                     apply_rbd_diff(base_bytes, BufReader::new(input), output, force, progress)?
                 }
@@ -142,9 +169,10 @@ fn apply_stream<R: Read>(
     input: R,
     output: &Path,
     force: bool,
+    key: Option<&CustomerKey>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ApplySummary> {
-    let mut reader = ExtentListReader::new(input)?;
+    let mut reader = ExtentListReader::with_key(input, key)?;
     let header = reader.header().clone();
     if !header.payloads {
         return Err(Error::Unsupported(

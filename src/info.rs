@@ -1,6 +1,7 @@
 //! Decode an export and describe what it holds.
 
 use crate::apply::ExportInput;
+use crate::crypt::CustomerKey;
 use crate::error::{IoContext, Result};
 use crate::format::extent_list::{ExtentListReader, ListHeader, Record, Trailer};
 use crate::format::qcow2::{Mapping, Qcow2Reader};
@@ -52,6 +53,10 @@ pub struct ExportInfo {
     /// The snapshot an rbd diff leads to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to_snap: Option<String>,
+    /// The base64 SHA-256 of the key an encrypted extent-list stream is
+    /// sealed with; absent when the export is not encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key_sha256: Option<String>,
     /// The changed extents, merged, in offset order.
     pub extents: Vec<Extent>,
 }
@@ -62,12 +67,18 @@ fn hex(bytes: &[u8; 32]) -> String {
 
 /// Reads the whole export and checks it as apply would (without a base).
 pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
+    inspect_with_key(export, None)
+}
+
+/// [`inspect`] of an export that may be encrypted: an encrypted
+/// extent-list stream needs its `key`, and is refused without it.
+pub fn inspect_with_key(export: &ExportInput, key: Option<&CustomerKey>) -> Result<ExportInfo> {
     match export {
         ExportInput::Stdin => {
             let (kind, input) = sniff(std::io::stdin().lock()).at(Path::new("-"))?;
             match kind {
                 Some(Recognised::RbdDiff) => read_rbd_diff(input),
-                _ => read_list(input),
+                _ => read_list(input, key),
             }
         }
         ExportInput::Path(path) => {
@@ -76,7 +87,7 @@ pub fn inspect(export: &ExportInput) -> Result<ExportInfo> {
                 Some(Recognised::Qcow2) => read_qcow2(path),
                 Some(Recognised::RbdDiff) => read_rbd_diff(input),
                 None if map_path(path).exists() => read_raw_sparse(path),
-                _ => read_list(input),
+                _ => read_list(input, key),
             }
         }
     }
@@ -110,6 +121,7 @@ impl ExportInfo {
             backing_file: None,
             from_snap: None,
             to_snap: None,
+            encryption_key_sha256: None,
             extents,
         }
     }
@@ -171,13 +183,14 @@ fn list_info(
         backing_file: None,
         from_snap: None,
         to_snap: None,
+        encryption_key_sha256: None,
         extents,
     }
 }
 
 /// Decodes an extent-list stream.
-fn read_list(input: impl Read) -> Result<ExportInfo> {
-    let mut reader = ExtentListReader::new(BufReader::new(input))?;
+fn read_list(input: impl Read, key: Option<&CustomerKey>) -> Result<ExportInfo> {
+    let mut reader = ExtentListReader::with_key(BufReader::new(input), key)?;
     let extents = list_extents(&mut reader, |_, _, _| Ok(()))?;
     let h = reader.header();
     let output_type = if h.payloads {
@@ -186,7 +199,9 @@ fn read_list(input: impl Read) -> Result<ExportInfo> {
         "METADATA_ONLY"
     };
     let t = reader.trailer().expect("set after the last record");
-    Ok(list_info(output_type, h, t, extents))
+    let mut info = list_info(output_type, h, t, extents);
+    info.encryption_key_sha256 = h.key_sha256.as_ref().map(crate::crypt::sha256_base64);
+    Ok(info)
 }
 
 /// Decodes a raw sparse export's change map and checks every data range

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod crypt;
 pub mod detect;
 pub mod digest;
 pub mod error;
@@ -46,10 +47,14 @@ pub mod format;
 pub mod geometry;
 pub mod image;
 pub mod info;
+pub mod job;
+pub mod operation;
 pub mod output;
+pub mod request;
 pub mod sink;
 
-pub use apply::{apply, ApplySummary, ExportInput};
+pub use apply::{apply, apply_with_key, ApplySummary, ExportInput};
+pub use crypt::{CustomerKey, KeyUnwrapper};
 pub use detect::{detect, detect_serial, detect_with_progress, scan, ChangeMap};
 pub use digest::{image_digest, Digests};
 pub use error::{Error, Result};
@@ -59,5 +64,5 @@ pub use format::raw_sparse::RawSparseEncoder;
 pub use format::OutputType;
 pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
 pub use image::{Allocation, Image, Source};
-pub use info::{inspect, ExportInfo};
+pub use info::{inspect, inspect_with_key, ExportInfo};
 pub use sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

@@ -5,18 +5,17 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
-use snapdelta::format::raw_sparse::map_path;
-use snapdelta::format::rbd_diff::RbdDiffEncoder;
-use snapdelta::output::{refuse_existing, AtomicFile, StreamingFile};
+use snapdelta::job::{run_export, ExportJob};
 use snapdelta::{
-    apply, export_images, inspect, parse_size, scan, BlockSize, Error, ExportInput, ExportOptions,
-    ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder, Sink,
-    Source,
+    apply_with_key, inspect_with_key, parse_size, scan, BlockSize, CustomerKey, Error, ExportInput,
+    ExtentKind, Image, OutputType, Phase, Progress, Source,
 };
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod request_cli;
+use request_cli as request;
 
 /// Changed-block diff and export of raw snapshot images.
 #[derive(Parser)]
@@ -29,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Export the blocks that changed from BASE to TARGET.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// List the changed extents from BASE to TARGET.
     Diff(DiffArgs),
     /// Rebuild the target from BASE and an export.
@@ -47,8 +46,13 @@ struct ExportArgs {
     #[arg(value_name = "TARGET")]
     target: PathBuf,
     /// Where to write the export; `-` writes to standard output.
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    output: PathBuf,
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT",
+        required_unless_present = "request"
+    )]
+    output: Option<PathBuf>,
     /// metadata-and-data, metadata-only, raw-sparse, qcow2 or rbd-diff (the
     /// API's spellings METADATA_AND_DATA, METADATA_ONLY, ... work too).
     #[arg(long, value_name = "TYPE", default_value = "metadata-and-data", value_parser = parse_output_type)]
@@ -88,6 +92,12 @@ struct ExportArgs {
     /// Replace an existing output.
     #[arg(long)]
     force: bool,
+    /// Encrypt the export (extent-list types) with the AES-256 key whose
+    /// base64 text this file holds.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    #[command(flatten)]
+    request: request::RequestArgs,
 }
 
 #[derive(Args)]
@@ -124,6 +134,9 @@ struct ApplyArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// The file holding the base64 key of an encrypted export.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -131,6 +144,9 @@ struct InfoArgs {
     /// The export; `-` reads an extent-list stream from standard input.
     #[arg(value_name = "EXPORT")]
     export: PathBuf,
+    /// The file holding the base64 key of an encrypted export.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -163,7 +179,7 @@ fn parse_compress(text: &str) -> Result<i32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Export(args) => export(args),
+        Command::Export(args) => export(*args),
         Command::Diff(args) => diff(args),
         Command::Apply(args) => run_apply(args),
         Command::Info(args) => info(args),
@@ -227,164 +243,39 @@ struct ExportReport<'a> {
 }
 
 fn export(args: ExportArgs) -> snapdelta::Result<()> {
-    let to_stdout = args.output == Path::new("-");
-    if to_stdout && !args.output_type.streams() {
-        return Err(Error::invalid(
-            "output",
-            format!(
-                "{} needs a seekable file, not standard output",
-                args.output_type
-            ),
-        ));
+    if args.request.request.is_some() {
+        return request::export(args);
     }
-    if args.compress.is_some()
-        && !matches!(
-            args.output_type,
-            OutputType::MetadataAndData | OutputType::Qcow2
-        )
-    {
-        return Err(Error::invalid(
-            "compress",
-            format!("{} does not store compressed data", args.output_type),
-        ));
-    }
-    let base = args.base.as_deref().map(Image::open).transpose()?;
-    let target = Image::open(&args.target)?;
-    if !to_stdout {
-        for input in args.base.iter().chain([&args.target]) {
-            refuse_same_file(&args.output, input)?;
-        }
-    }
-    if args.digest && args.output_type == OutputType::RbdDiff {
-        return Err(Error::invalid(
-            "digest",
-            "an rbd diff has no place for digests",
-        ));
-    }
-    let options = ExportOptions {
-        block_size: args
-            .block_size
-            .unwrap_or(args.output_type.default_block_size()),
-        digests: args.digest
-            || (!args.no_digest
-                && !matches!(args.output_type, OutputType::Qcow2 | OutputType::RbdDiff)),
+    let output = args.output.clone().expect("required without --request");
+    let job = ExportJob {
+        base: args.base.clone(),
+        target: args.target.clone(),
+        output: output.clone(),
+        output_type: args.output_type,
+        block_size: args.block_size,
+        digests: if args.digest {
+            Some(true)
+        } else if args.no_digest {
+            Some(false)
+        } else {
+            None
+        },
+        compress: args.compress,
+        backing: args.backing.clone(),
+        from_snap: args.from_snap.clone(),
+        to_snap: args.to_snap.clone(),
+        force: args.force,
+        key: args
+            .key_file
+            .as_deref()
+            .map(CustomerKey::from_file)
+            .transpose()?,
     };
     let mut bar = Bar::new();
-    let mut progress = |p: Progress| bar.update(p);
-    if args.backing.is_some() && args.output_type != OutputType::Qcow2 {
-        return Err(Error::invalid(
-            "backing",
-            "--backing names the backing file of a qcow2 export",
-        ));
-    }
-    let backing = match (&args.backing, &args.base) {
-        (Some(name), Some(_)) => Some(name.clone()),
-        (Some(_), None) => {
-            return Err(Error::invalid(
-                "backing",
-                "--backing names the base of a qcow2 export: give --base too",
-            ))
-        }
-        (None, Some(base)) if args.output_type == OutputType::Qcow2 => {
-            Some(snapdelta::format::qcow2::backing_name(
-                base,
-                (!to_stdout).then_some(args.output.as_path()),
-            )?)
-        }
-        (None, _) => None,
-    };
-    if (args.from_snap.is_some() || args.to_snap.is_some())
-        && args.output_type != OutputType::RbdDiff
-    {
-        return Err(Error::invalid(
-            "from-snap",
-            "--from-snap and --to-snap name the snapshots of an rbd-diff export",
-        ));
-    }
-    let stream_encoder = |out: Box<dyn Write>| -> snapdelta::Result<Box<dyn Sink>> {
-        Ok(match args.output_type {
-            OutputType::RbdDiff => Box::new(RbdDiffEncoder::new(
-                out,
-                args.from_snap.clone(),
-                args.to_snap.clone(),
-            )?),
-            OutputType::Qcow2 => Box::new(Qcow2Encoder::new(
-                out,
-                Qcow2Options {
-                    backing: backing.clone(),
-                    zstd_level: args.compress,
-                },
-            )),
-            ty => Box::new(ExtentListEncoder::new(
-                out,
-                ty == OutputType::MetadataAndData,
-                args.compress,
-            )),
-        })
-    };
-    let summary = if to_stdout {
-        let stdout = std::io::stdout().lock();
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
-        export_images(
-            base.as_ref(),
-            &target,
-            encoder.as_mut(),
-            &options,
-            &mut progress,
-        )?
-    } else if args.output_type == OutputType::RawSparse {
-        let map = map_path(&args.output);
-        refuse_existing(&args.output, args.force)?;
-        let data_file = AtomicFile::create(&args.output, args.force)?;
-        let map_file = AtomicFile::create(&map, args.force)?;
-        let data = data_file
-            .file()
-            .try_clone()
-            .map_err(|e| Error::io(&args.output, e))?;
-        let map_out = BufWriter::new(
-            map_file
-                .file()
-                .try_clone()
-                .map_err(|e| Error::io(&map, e))?,
-        );
-        let mut encoder = RawSparseEncoder::new(data, &args.output, map_out);
-        let summary = export_images(
-            base.as_ref(),
-            &target,
-            &mut encoder,
-            &options,
-            &mut progress,
-        )?;
-        drop(encoder);
-        // The data file first: a map never names data that is not there.
-        // Should the map's rename fail, the new data file goes too.
-        data_file.commit()?;
-        if let Err(e) = map_file.commit() {
-            let _ = std::fs::remove_file(&args.output);
-            return Err(e);
-        }
-        summary
-    } else {
-        let out = AtomicFile::create(&args.output, args.force)?;
-        let file = out
-            .file()
-            .try_clone()
-            .map_err(|e| Error::io(&args.output, e))?;
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
-        let summary = export_images(
-            base.as_ref(),
-            &target,
-            encoder.as_mut(),
-            &options,
-            &mut progress,
-        )?;
-        drop(encoder);
-        out.commit()?;
-        summary
-    };
+    let summary = run_export(&job, &mut |p| bar.update(p))?;
     bar.done();
     let report = ExportReport {
-        output: &args.output,
+        output: &output,
         output_type: args.output_type.api_name(),
         summary: &summary,
     };
@@ -393,7 +284,7 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     } else {
         format!(
             "{}: {} data extents ({} bytes), {} zero extents ({} bytes); {} bytes written in {:.2} s",
-            args.output.display(),
+            output.display(),
             summary.data_extents,
             summary.data_bytes,
             summary.zero_extents,
@@ -402,30 +293,10 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             summary.seconds
         )
     };
-    if to_stdout {
+    if output == Path::new("-") {
         eprintln!("{text}");
     } else {
         println!("{text}");
-    }
-    Ok(())
-}
-
-/// Refuses an output that is an input under another name: the export
-/// would replace the image it is read from.
-fn refuse_same_file(output: &Path, input: &Path) -> snapdelta::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
-        return Ok(());
-    };
-    if (o.dev(), o.ino()) == (i.dev(), i.ino()) {
-        return Err(Error::invalid(
-            "output",
-            format!(
-                "{} is the input {}; choose another output",
-                output.display(),
-                input.display()
-            ),
-        ));
     }
     Ok(())
 }
@@ -483,11 +354,17 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
 
 fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
     let mut bar = Bar::new();
-    let summary = apply(
+    let key = args
+        .key_file
+        .as_deref()
+        .map(CustomerKey::from_file)
+        .transpose()?;
+    let summary = apply_with_key(
         args.base.as_deref(),
         &ExportInput::from_arg(&args.export),
         &args.output,
         args.force,
+        key.as_ref(),
         &mut |p| bar.update(p),
     )?;
     bar.done();
@@ -515,7 +392,12 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
 }
 
 fn info(args: InfoArgs) -> snapdelta::Result<()> {
-    let info = inspect(&ExportInput::from_arg(&args.export))?;
+    let key = args
+        .key_file
+        .as_deref()
+        .map(CustomerKey::from_file)
+        .transpose()?;
+    let info = inspect_with_key(&ExportInput::from_arg(&args.export), key.as_ref())?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, &info)
@@ -549,6 +431,9 @@ fn info(args: InfoArgs) -> snapdelta::Result<()> {
                 "target digest: {}",
                 info.target_digest.as_deref().unwrap_or("-")
             )?;
+            if let Some(sha) = &info.encryption_key_sha256 {
+                writeln!(out, "key sha256:    {sha}")?;
+            }
             writeln!(out, "extents:")?;
             for e in &info.extents {
                 writeln!(out, "{} {} {}", e.offset, e.length, e.kind)?;

@@ -1,6 +1,7 @@
 //! The extent-list stream: encoder and decoder of snapdelta's own export
 //! format, `docs/extent-list.md`. Field names follow that specification.
 
+use crate::crypt::{CustomerKey, Sealer, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::geometry::BlockSize;
 use crate::sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
@@ -20,11 +21,13 @@ const PREFERRED_RECORD_LIMIT: u64 = 1 << 20;
 const HEADER_LEN: usize = 128;
 const RECORD_LEN: usize = 40;
 const END_LEN: usize = 80;
+const KEY_BLOCK_LEN: usize = 64;
 
 const FLAG_PAYLOADS: u32 = 1;
 const FLAG_BASE_DIGEST: u32 = 2;
 const FLAG_TARGET_DIGEST: u32 = 4;
-const KNOWN_FLAGS: u32 = FLAG_PAYLOADS | FLAG_BASE_DIGEST | FLAG_TARGET_DIGEST;
+const FLAG_ENCRYPTED: u32 = 8;
+const KNOWN_FLAGS: u32 = FLAG_PAYLOADS | FLAG_BASE_DIGEST | FLAG_TARGET_DIGEST | FLAG_ENCRYPTED;
 
 const TAG_DATA: u8 = b'D';
 const TAG_ZERO: u8 = b'Z';
@@ -104,6 +107,16 @@ pub struct ExtentListEncoder<W: Write> {
     data_bytes: u64,
     zero_bytes: u64,
     stored_bytes: u64,
+    encryption: Option<Encryption>,
+}
+
+/// The sealing state of an encrypted stream: its key's SHA-256, its
+/// sealer and the header and key block every seal authenticates.
+struct Encryption {
+    key_sha256: [u8; 32],
+    sealer: Sealer,
+    prefix: [u8; 8],
+    head: Vec<u8>,
 }
 
 impl<W: Write> ExtentListEncoder<W> {
@@ -124,7 +137,27 @@ impl<W: Write> ExtentListEncoder<W> {
             data_bytes: 0,
             zero_bytes: 0,
             stored_bytes: 0,
+            encryption: None,
         }
+    }
+
+    /// Encrypts the stream with `key` (see *Encryption* in
+    /// `docs/extent-list.md`): the header then carries the key's SHA-256
+    /// and a fresh random nonce prefix, and every record is sealed.
+    ///
+    /// Known shortcoming: only payloads are secret. Record headers
+    /// (offsets, lengths, the CRC-32C of each record's plaintext), the
+    /// header's totals and the image digests are authenticated but stay
+    /// in the clear; each payload is copied once to be sealed.
+    pub fn with_key(mut self, key: &CustomerKey) -> Result<Self> {
+        let prefix = Sealer::random_prefix()?;
+        self.encryption = Some(Encryption {
+            key_sha256: key.sha256(),
+            sealer: Sealer::new(key, prefix),
+            prefix,
+            head: Vec::new(),
+        });
+        Ok(self)
     }
 
     /// Gives back the output.
@@ -132,46 +165,83 @@ impl<W: Write> ExtentListEncoder<W> {
         self.out.inner
     }
 
+    /// Writes a record: its header, then its payload, sealed when the
+    /// stream is encrypted (`sealed`, when given, is that payload already
+    /// sealed: its ciphertext and tag).
     fn record(
         &mut self,
-        tag: u8,
-        offset: u64,
-        length: u64,
-        crcs: (u32, u32),
-        payload: Payload<'_>,
+        rec: &[u8; RECORD_LEN],
+        stored: &[u8],
+        sealed: Option<(Vec<u8>, [u8; TAG_LEN])>,
     ) -> Result<()> {
-        let mut rec = [0u8; RECORD_LEN];
-        rec[0] = tag;
-        let (flags, stored): (u8, &[u8]) = match payload {
-            Payload::None => (0, &[]),
-            Payload::Raw(b) => (0, b),
-            Payload::Zstd(b) => (RECORD_ZSTD, b),
-        };
-        rec[1] = flags;
-        put_u32(&mut rec, 4, stored.len() as u32);
-        put_u64(&mut rec, 8, offset);
-        put_u64(&mut rec, 16, length);
-        put_u32(&mut rec, 24, crcs.0);
-        put_u32(&mut rec, 28, crcs.1);
-        let crc = crc32c::crc32c(&rec[..36]);
-        put_u32(&mut rec, 36, crc);
-        self.out.put(&rec)?;
-        self.out.put(stored)?;
+        self.out.put(rec)?;
+        match (&self.encryption, sealed) {
+            (None, _) => self.out.put(stored)?,
+            (Some(_), Some((cipher, tag))) => {
+                self.out.put(&cipher)?;
+                self.out.put(&tag)?;
+            }
+            (Some(enc), None) => {
+                let mut cipher = stored.to_vec();
+                let tag = enc
+                    .sealer
+                    .seal(self.record_count, &[&enc.head, rec], &mut cipher)?;
+                self.out.put(&cipher)?;
+                self.out.put(&tag)?;
+            }
+        }
         self.record_count += 1;
         self.stored_bytes += stored.len() as u64;
         Ok(())
     }
 }
 
-/// A record worked out before it is written: where it starts and ends in
-/// its piece, its two checksums, and its zstd frame when compressing.
-type Prepared = (usize, usize, (u32, u32), Option<Vec<u8>>);
-
-enum Payload<'a> {
-    None,
-    Raw(&'a [u8]),
-    Zstd(&'a [u8]),
+/// The 40-byte header of a data or zero record.
+fn record_header(
+    tag: u8,
+    flags: u8,
+    stored_length: usize,
+    offset: u64,
+    length: u64,
+    crcs: (u32, u32),
+) -> [u8; RECORD_LEN] {
+    let mut rec = [0u8; RECORD_LEN];
+    rec[0] = tag;
+    rec[1] = flags;
+    put_u32(&mut rec, 4, stored_length as u32);
+    put_u64(&mut rec, 8, offset);
+    put_u64(&mut rec, 16, length);
+    put_u32(&mut rec, 24, crcs.0);
+    put_u32(&mut rec, 28, crcs.1);
+    let crc = crc32c::crc32c(&rec[..36]);
+    put_u32(&mut rec, 36, crc);
+    rec
 }
+
+/// The flags and stored bytes of a data record: nothing without payloads,
+/// the zstd frame when it is smaller, else the bytes themselves.
+fn payload_of<'a>(
+    payloads: bool,
+    chunk: &'a [u8],
+    compressed: &'a Option<Vec<u8>>,
+) -> (u8, &'a [u8]) {
+    match compressed {
+        _ if !payloads => (0, &[]),
+        Some(c) if c.len() < chunk.len() => (RECORD_ZSTD, c),
+        _ => (0, chunk),
+    }
+}
+
+/// A record worked out before it is written: where it starts and ends in
+/// its piece, its header, its zstd frame when compressing, and its sealed
+/// payload when encrypting.
+type Prepared = (
+    usize,
+    usize,
+    [u8; RECORD_LEN],
+    Option<Vec<u8>>,
+    Option<(Vec<u8>, [u8; TAG_LEN])>,
+);
 
 impl<W: Write> Sink for ExtentListEncoder<W> {
     fn begin(&mut self, h: &ExportHeader) -> Result<()> {
@@ -192,6 +262,9 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
         if h.target_digest.is_some() {
             flags |= FLAG_TARGET_DIGEST;
         }
+        if self.encryption.is_some() {
+            flags |= FLAG_ENCRYPTED;
+        }
         put_u32(&mut buf, 12, flags);
         put_u32(&mut buf, 16, h.block_size.get() as u32);
         put_u32(&mut buf, 20, self.record_limit as u32);
@@ -203,19 +276,31 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
         put_u64(&mut buf, 64, h.zero_bytes);
         let crc = crc32c::crc32c(&buf[..124]);
         put_u32(&mut buf, 124, crc);
-        self.out.put(&buf)
+        self.out.put(&buf)?;
+        if let Some(enc) = &mut self.encryption {
+            let mut block = [0u8; KEY_BLOCK_LEN];
+            block[..32].copy_from_slice(&enc.key_sha256);
+            block[32..40].copy_from_slice(&enc.prefix);
+            let crc = crc32c::crc32c(&block[..60]);
+            put_u32(&mut block, 60, crc);
+            enc.head = [&buf[..], &block[..]].concat();
+            self.out.put(&block)?;
+        }
+        Ok(())
     }
 
     fn data(&mut self, extent: &DataExtent<'_>) -> Result<()> {
-        // The records of this piece, each with its checksums and, when
-        // compressing, its zstd frame: worked out in parallel, written in
-        // order.
+        // The records of this piece, each with its checksums, its zstd
+        // frame when compressing and its seal when encrypting: worked out
+        // in parallel, written in order.
         let limit = self.record_limit as usize;
         let starts: Vec<usize> = (0..extent.bytes.len()).step_by(limit).collect();
         let (payloads, level) = (self.payloads, self.zstd_level);
+        let (first_index, encryption) = (self.record_count, self.encryption.as_ref());
         let prepared: Vec<Prepared> = starts
             .into_par_iter()
-            .map(|start| {
+            .enumerate()
+            .map(|(i, start)| {
                 let end = (start + limit).min(extent.bytes.len());
                 let chunk = &extent.bytes[start..end];
                 let base = &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
@@ -229,32 +314,50 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
                     }
                     _ => None,
                 };
-                Ok((start, end, crcs, compressed))
+                let (flags, stored) = payload_of(payloads, chunk, &compressed);
+                let offset = extent.offset + start as u64;
+                let rec = record_header(
+                    TAG_DATA,
+                    flags,
+                    stored.len(),
+                    offset,
+                    chunk.len() as u64,
+                    crcs,
+                );
+                let sealed = match encryption {
+                    Some(enc) => {
+                        let mut cipher = stored.to_vec();
+                        let tag = enc.sealer.seal(
+                            first_index + i as u64,
+                            &[&enc.head, &rec],
+                            &mut cipher,
+                        )?;
+                        Some((cipher, tag))
+                    }
+                    None => None,
+                };
+                Ok((start, end, rec, compressed, sealed))
             })
             .collect::<Result<_>>()?;
-        for (start, end, crcs, compressed) in prepared {
+        for (start, end, rec, compressed, sealed) in prepared {
             let chunk = &extent.bytes[start..end];
-            let payload = match &compressed {
-                _ if !self.payloads => Payload::None,
-                Some(c) if c.len() < chunk.len() => Payload::Zstd(c),
-                _ => Payload::Raw(chunk),
-            };
-            let offset = extent.offset + start as u64;
-            self.record(TAG_DATA, offset, chunk.len() as u64, crcs, payload)?;
+            let (_, stored) = payload_of(self.payloads, chunk, &compressed);
+            self.record(&rec, stored, sealed)?;
             self.data_bytes += chunk.len() as u64;
         }
         Ok(())
     }
 
     fn zero(&mut self, extent: &ZeroExtent) -> Result<()> {
-        let base_crc = extent.base_crc;
-        self.record(
+        let rec = record_header(
             TAG_ZERO,
+            0,
+            0,
             extent.offset,
             extent.length,
-            (0, base_crc),
-            Payload::None,
-        )?;
+            (0, extent.base_crc),
+        );
+        self.record(&rec, &[], None)?;
         self.zero_bytes += extent.length;
         Ok(())
     }
@@ -272,6 +375,12 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
         let crc = crc32c::crc32c(&buf[..76]);
         put_u32(&mut buf, 76, crc);
         self.out.put(&buf)?;
+        if let Some(enc) = &self.encryption {
+            let tag = enc
+                .sealer
+                .seal(self.record_count, &[&enc.head, &buf], &mut [])?;
+            self.out.put(&tag)?;
+        }
         self.out
             .inner
             .flush()
@@ -307,6 +416,8 @@ pub struct ListHeader {
     pub base_digest: Option<[u8; 32]>,
     /// Whether the end record carries the target's BLAKE3.
     pub has_target_digest: bool,
+    /// The SHA-256 of the key the stream is encrypted with, if it is.
+    pub key_sha256: Option<[u8; 32]>,
 }
 
 /// One data or zero record, as read and checked.
@@ -373,6 +484,7 @@ pub struct ExtentListReader<R: Read> {
     data_extents: u64,
     zero_extents: u64,
     trailer: Option<Trailer>,
+    encryption: Option<Encryption>,
 }
 
 fn corrupt(offset: u64, message: impl Into<String>) -> Error {
@@ -389,8 +501,16 @@ pub fn has_magic(bytes: &[u8]) -> bool {
 }
 
 impl<R: Read> ExtentListReader<R> {
-    /// Reads and checks the header.
+    /// Reads and checks the header of a stream that is not encrypted; an
+    /// encrypted one is refused (see [`Self::with_key`]).
     pub fn new(input: R) -> Result<Self> {
+        Self::with_key(input, None)
+    }
+
+    /// Reads and checks the header; an encrypted stream needs `key`, and
+    /// a missing or wrong key is refused here, before any record is read.
+    /// A key given for a stream that is not encrypted is ignored.
+    pub fn with_key(input: R, key: Option<&CustomerKey>) -> Result<Self> {
         let mut reader = ExtentListReader {
             input,
             pos: 0,
@@ -406,6 +526,7 @@ impl<R: Read> ExtentListReader<R> {
                 zero_bytes: 0,
                 base_digest: None,
                 has_target_digest: false,
+                key_sha256: None,
             },
             payload: Vec::new(),
             stored: Vec::new(),
@@ -418,10 +539,46 @@ impl<R: Read> ExtentListReader<R> {
             data_extents: 0,
             zero_extents: 0,
             trailer: None,
+            encryption: None,
         };
         let mut buf = [0u8; HEADER_LEN];
         reader.fill(&mut buf, "header")?;
         reader.header = parse_header(&buf)?;
+        if get_u32(&buf, 12) & FLAG_ENCRYPTED != 0 {
+            let mut block = [0u8; KEY_BLOCK_LEN];
+            reader.fill(&mut block, "key block")?;
+            if crc32c::crc32c(&block[..60]) != get_u32(&block, 60) {
+                return Err(corrupt(HEADER_LEN as u64, "key block checksum mismatch"));
+            }
+            if block[40..60].iter().any(|&b| b != 0) {
+                return Err(corrupt(
+                    HEADER_LEN as u64 + 40,
+                    "reserved key block bytes are not zero",
+                ));
+            }
+            let key_sha256: [u8; 32] = block[..32].try_into().expect("32 bytes");
+            let prefix: [u8; 8] = block[32..40].try_into().expect("8 bytes");
+            reader.header.key_sha256 = Some(key_sha256);
+            let named = crate::crypt::sha256_base64(&key_sha256);
+            let key = key.ok_or_else(|| {
+                Error::invalid(
+                    "key",
+                    format!("the export is encrypted with the key whose sha256 is {named}; give that key"),
+                )
+            })?;
+            if key.sha256() != key_sha256 {
+                return Err(Error::Mismatch(format!(
+                    "the key given has sha256 {}, but the export is encrypted with the key whose sha256 is {named}",
+                    key.sha256_base64()
+                )));
+            }
+            reader.encryption = Some(Encryption {
+                key_sha256,
+                sealer: Sealer::new(key, prefix),
+                prefix,
+                head: [&buf[..], &block[..]].concat(),
+            });
+        }
         Ok(reader)
     }
 
@@ -481,7 +638,26 @@ impl<R: Read> ExtentListReader<R> {
         }
     }
 
+    /// Reads the tag that follows a sealed piece and opens `buf` with it,
+    /// when the stream is encrypted.
+    fn unseal(&mut self, at: u64, index: u64, aad: &[u8], buf: &mut [u8]) -> Result<()> {
+        if self.encryption.is_none() {
+            return Ok(());
+        }
+        let mut tag = [0u8; TAG_LEN];
+        self.fill(&mut tag, "authentication tag")?;
+        let enc = self.encryption.as_ref().expect("checked above");
+        if !enc.sealer.open(index, &[&enc.head, aad], buf, &tag)? {
+            return Err(corrupt(
+                at,
+                "the record fails authentication: the encrypted stream was changed, reordered or cut",
+            ));
+        }
+        Ok(())
+    }
+
     fn read_record(&mut self, at: u64, tag: u8) -> Result<Record<'_>> {
+        let index = self.records;
         let mut rec = [0u8; RECORD_LEN];
         rec[0] = tag;
         self.fill(&mut rec[1..], "record header")?;
@@ -552,6 +728,7 @@ impl<R: Read> ExtentListReader<R> {
                     format!("zero record at {offset} has flags, payload or a data checksum"),
                 ));
             }
+            self.unseal(at, index, &rec, &mut [])?;
             self.zero_bytes += length;
             return Ok(Record::Zero {
                 offset,
@@ -589,6 +766,7 @@ impl<R: Read> ExtentListReader<R> {
             ));
         }
         if !h.payloads {
+            self.unseal(at, index, &rec, &mut [])?;
             return Ok(Record::Data {
                 offset,
                 length,
@@ -600,7 +778,9 @@ impl<R: Read> ExtentListReader<R> {
         let payload_at = self.pos;
         let mut stored_buf = std::mem::take(&mut self.stored);
         stored_buf.resize(stored as usize, 0);
-        let filled = self.fill(&mut stored_buf, "payload");
+        let filled = self
+            .fill(&mut stored_buf, "payload")
+            .and_then(|_| self.unseal(at, index, &rec, &mut stored_buf));
         self.stored = stored_buf;
         filled?;
         let payload_is_stored = !zstd;
@@ -657,6 +837,7 @@ impl<R: Read> ExtentListReader<R> {
         if crc32c::crc32c(&buf[..76]) != get_u32(&buf, 76) {
             return Err(corrupt(at, "end record checksum mismatch"));
         }
+        self.unseal(at, self.records, &buf, &mut [])?;
         if buf[1..8].iter().any(|&b| b != 0) || get_u32(&buf, 72) != 0 {
             return Err(corrupt(at, "reserved field of the end record is not zero"));
         }
@@ -779,6 +960,7 @@ fn parse_header(buf: &[u8; HEADER_LEN]) -> Result<ListHeader> {
         zero_bytes: get_u64(buf, 64),
         base_digest: (flags & FLAG_BASE_DIGEST != 0).then_some(base_digest),
         has_target_digest: flags & FLAG_TARGET_DIGEST != 0,
+        key_sha256: None,
     };
     if header.target_size > i64::MAX as u64 || header.base_size > i64::MAX as u64 {
         return Err(corrupt(24, "image sizes must be below 2^63 bytes"));

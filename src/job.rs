@@ -1,0 +1,207 @@
+//! A whole export to a file, as the command line and the request path
+//! run it: open the images, check the options against the output type,
+//! pick the encoder, write under a temporary name (mode 0600) and give the
+//! output its name only once it is complete.
+
+use crate::crypt::CustomerKey;
+use crate::error::{Error, Result};
+use crate::export::{export_images, ExportOptions, ExportSummary, Progress};
+use crate::format::qcow2::{backing_name, Qcow2Encoder, Qcow2Options};
+use crate::format::raw_sparse::{map_path, RawSparseEncoder};
+use crate::format::rbd_diff::RbdDiffEncoder;
+use crate::format::OutputType;
+use crate::geometry::BlockSize;
+use crate::image::Image;
+use crate::output::{refuse_existing, AtomicFile, StreamingFile};
+use crate::sink::Sink;
+use crate::ExtentListEncoder;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Everything an export to a file needs.
+#[derive(Clone, Debug, Default)]
+pub struct ExportJob {
+    /// The older image; `None` exports every non-zero block of the target.
+    pub base: Option<PathBuf>,
+    /// The newer image.
+    pub target: PathBuf,
+    /// The output; `-` writes a stream type to standard output.
+    pub output: PathBuf,
+    /// The output type.
+    pub output_type: OutputType,
+    /// The block size; `None` takes the type's
+    /// [`OutputType::default_block_size`].
+    pub block_size: Option<BlockSize>,
+    /// Image digests: `Some(true)` records them, `Some(false)` does not,
+    /// `None` takes the type's default (recorded for the extent-list and
+    /// raw sparse types).
+    pub digests: Option<bool>,
+    /// zstd level for data records (extent-list) or clusters (qcow2).
+    pub compress: Option<i32>,
+    /// qcow2 only: the backing file name to store (default: the base's
+    /// path relative to the output's directory).
+    pub backing: Option<String>,
+    /// rbd-diff only: the snapshot the diff starts from.
+    pub from_snap: Option<String>,
+    /// rbd-diff only: the snapshot the diff leads to.
+    pub to_snap: Option<String>,
+    /// Replace an existing output (a symbolic link there is replaced, not
+    /// followed).
+    pub force: bool,
+    /// Encrypt the export with this key: extent-list types only.
+    pub key: Option<CustomerKey>,
+}
+
+/// Runs `job`, reporting progress; the output appears under its name only
+/// if the whole export succeeded.
+pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result<ExportSummary> {
+    let ty = job.output_type;
+    let to_stdout = job.output == Path::new("-");
+    if to_stdout && !ty.streams() {
+        return Err(Error::invalid(
+            "output",
+            format!("{ty} needs a seekable file, not standard output"),
+        ));
+    }
+    if job.compress.is_some() && !matches!(ty, OutputType::MetadataAndData | OutputType::Qcow2) {
+        return Err(Error::invalid(
+            "compress",
+            format!("{ty} does not store compressed data"),
+        ));
+    }
+    if job.key.is_some() && !matches!(ty, OutputType::MetadataAndData | OutputType::MetadataOnly) {
+        return Err(Error::invalid(
+            "key",
+            format!("{ty} cannot be encrypted; only the extent-list types (METADATA_AND_DATA, METADATA_ONLY) can"),
+        ));
+    }
+    let base = job.base.as_deref().map(Image::open).transpose()?;
+    let target = Image::open(&job.target)?;
+    if !to_stdout {
+        for input in job.base.iter().chain([&job.target]) {
+            refuse_same_file(&job.output, input)?;
+        }
+    }
+    if job.digests == Some(true) && ty == OutputType::RbdDiff {
+        return Err(Error::invalid(
+            "digest",
+            "an rbd diff has no place for digests",
+        ));
+    }
+    let options = ExportOptions {
+        block_size: job.block_size.unwrap_or(ty.default_block_size()),
+        digests: job
+            .digests
+            .unwrap_or(!matches!(ty, OutputType::Qcow2 | OutputType::RbdDiff)),
+    };
+    if job.backing.is_some() && ty != OutputType::Qcow2 {
+        return Err(Error::invalid(
+            "backing",
+            "--backing names the backing file of a qcow2 export",
+        ));
+    }
+    let backing = match (&job.backing, &job.base) {
+        (Some(name), Some(_)) => Some(name.clone()),
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "backing",
+                "--backing names the base of a qcow2 export: give --base too",
+            ))
+        }
+        (None, Some(base)) if ty == OutputType::Qcow2 => Some(backing_name(
+            base,
+            (!to_stdout).then_some(job.output.as_path()),
+        )?),
+        (None, _) => None,
+    };
+    if (job.from_snap.is_some() || job.to_snap.is_some()) && ty != OutputType::RbdDiff {
+        return Err(Error::invalid(
+            "from-snap",
+            "--from-snap and --to-snap name the snapshots of an rbd-diff export",
+        ));
+    }
+    let stream_encoder = |out: Box<dyn Write>| -> Result<Box<dyn Sink>> {
+        Ok(match ty {
+            OutputType::RbdDiff => Box::new(RbdDiffEncoder::new(
+                out,
+                job.from_snap.clone(),
+                job.to_snap.clone(),
+            )?),
+            OutputType::Qcow2 => Box::new(Qcow2Encoder::new(
+                out,
+                Qcow2Options {
+                    backing: backing.clone(),
+                    zstd_level: job.compress,
+                },
+            )),
+            ty => {
+                let encoder =
+                    ExtentListEncoder::new(out, ty == OutputType::MetadataAndData, job.compress);
+                match &job.key {
+                    Some(key) => Box::new(encoder.with_key(key)?),
+                    None => Box::new(encoder),
+                }
+            }
+        })
+    };
+    let output = &job.output;
+    if to_stdout {
+        let stdout = std::io::stdout().lock();
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
+        export_images(base.as_ref(), &target, encoder.as_mut(), &options, progress)
+    } else if ty == OutputType::RawSparse {
+        let map = map_path(output);
+        refuse_existing(output, job.force)?;
+        let data_file = AtomicFile::create(output, job.force)?;
+        let map_file = AtomicFile::create(&map, job.force)?;
+        let data = data_file
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io(output, e))?;
+        let map_out = BufWriter::new(
+            map_file
+                .file()
+                .try_clone()
+                .map_err(|e| Error::io(&map, e))?,
+        );
+        let mut encoder = RawSparseEncoder::new(data, output, map_out);
+        let summary = export_images(base.as_ref(), &target, &mut encoder, &options, progress)?;
+        drop(encoder);
+        // The data file first: a map never names data that is not there.
+        // Should the map's rename fail, the new data file goes too.
+        data_file.commit()?;
+        if let Err(e) = map_file.commit() {
+            let _ = std::fs::remove_file(output);
+            return Err(e);
+        }
+        Ok(summary)
+    } else {
+        let out = AtomicFile::create(output, job.force)?;
+        let file = out.file().try_clone().map_err(|e| Error::io(output, e))?;
+        let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
+        let summary = export_images(base.as_ref(), &target, encoder.as_mut(), &options, progress)?;
+        drop(encoder);
+        out.commit()?;
+        Ok(summary)
+    }
+}
+
+/// Refuses an output that is an input under another name: the export
+/// would replace the image it is read from.
+fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
+        return Ok(());
+    };
+    if (o.dev(), o.ino()) == (i.dev(), i.ino()) {
+        return Err(Error::invalid(
+            "output",
+            format!(
+                "{} is the input {}; choose another output",
+                output.display(),
+                input.display()
+            ),
+        ));
+    }
+    Ok(())
+}
