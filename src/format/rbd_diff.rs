@@ -501,6 +501,13 @@ impl<R: Read> RbdDiffReader<R> {
         *seen = true;
         self.name =
             String::from_utf8(raw).map_err(|_| corrupt(at, format!("{kind} name is not UTF-8")))?;
+        // The names a snapshot can have, as the encoder writes them.
+        if self.name.is_empty() || self.name.contains('\0') {
+            return Err(corrupt(
+                at,
+                format!("{kind} name is empty or holds a NUL byte"),
+            ));
+        }
         Ok(if tag == TAG_FROM {
             RbdRecord::FromSnap(&self.name)
         } else {
