@@ -46,6 +46,7 @@ pub mod format;
 pub mod geometry;
 pub mod image;
 pub mod info;
+pub mod manifest;
 pub mod output;
 pub mod sink;
 
@@ -60,4 +61,5 @@ pub use format::OutputType;
 pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
 pub use image::{Allocation, Image, Source};
 pub use info::{inspect, ExportInfo};
-pub use sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
+pub use manifest::{export_with_manifest, write_manifest, ManifestReader, ManifestWriter};
+pub use sink::{BaseChecksums, DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

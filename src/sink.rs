@@ -78,8 +78,12 @@ pub struct DataExtent<'a> {
     /// The target's bytes, borrowed from the mapped image.
     pub bytes: &'a [u8],
     /// The base's bytes over the same range, shorter (or empty) where the
-    /// base ends inside it; the missing bytes read as zeros.
+    /// base ends inside it; the missing bytes read as zeros. Empty in an
+    /// export made from a block manifest: see `base_crc`.
     pub base: &'a [u8],
+    /// In an export made from a block manifest of the base, which has no
+    /// base bytes: the base's checksums. `None` when `base` holds the bytes.
+    pub base_crc: Option<&'a dyn BaseChecksums>,
 }
 
 /// A zero extent: a changed range that reads as zeros in the target.
@@ -89,8 +93,26 @@ pub struct ZeroExtent<'a> {
     pub offset: u64,
     /// Its length in bytes.
     pub length: u64,
-    /// The base's bytes over the same range, cut at the base's end.
+    /// The base's bytes over the same range, cut at the base's end; empty
+    /// in an export made from a block manifest (see `base_crc`).
     pub base: &'a [u8],
+    /// As [`DataExtent::base_crc`].
+    pub base_crc: Option<&'a dyn BaseChecksums>,
+}
+
+/// The base's checksums in an export made without its bytes, from a block
+/// manifest (see [`crate::manifest`]).
+pub trait BaseChecksums: Sync {
+    /// CRC-32C of the base's bytes over `[offset, offset + length)`, the
+    /// bytes past the base's end reading as zeros. The range starts on a
+    /// block boundary and ends on one or at the target's end.
+    fn crc(&self, offset: u64, length: u64) -> u32;
+}
+
+impl fmt::Debug for dyn BaseChecksums + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BaseChecksums")
+    }
 }
 
 /// What a sink reports when it finishes.

@@ -7,6 +7,7 @@
 //! whose memory grows with the number of extents, not with the images.
 
 mod compare;
+pub mod manifest;
 
 pub(crate) use compare::base_range;
 pub use compare::{classify, is_zero};
