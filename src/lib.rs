@@ -51,7 +51,7 @@ pub mod output;
 pub mod sink;
 
 pub use apply::{apply, ApplySummary, ExportInput};
-pub use detect::{detect, detect_serial, detect_with_progress, scan, ChangeMap};
+pub use detect::{detect, detect_serial, detect_with_progress, scan, scan_with_manifest, ChangeMap};
 pub use digest::{image_digest, Digests};
 pub use error::{Error, Result};
 pub use export::{export_images, export_map, ExportOptions, ExportSummary, Phase, Progress};
@@ -61,5 +61,8 @@ pub use format::OutputType;
 pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
 pub use image::{Allocation, Image, Source};
 pub use info::{inspect, ExportInfo};
-pub use manifest::{export_with_manifest, write_manifest, ManifestReader, ManifestWriter};
+pub use manifest::{
+    export_with_manifest, export_writing_manifest, inspect_manifest, verify_image, write_manifest,
+    ManifestHeader, ManifestReader, ManifestWriter,
+};
 pub use sink::{BaseChecksums, DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

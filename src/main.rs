@@ -9,12 +9,15 @@ use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
 use snapdelta::format::raw_sparse::map_path;
 use snapdelta::format::rbd_diff::RbdDiffEncoder;
 use snapdelta::output::{refuse_existing, AtomicFile, StreamingFile};
+use snapdelta::manifest::{inspect_manifest, ManifestInfo, MAGIC as MANIFEST_MAGIC};
 use snapdelta::{
-    apply, export_images, inspect, parse_size, scan, BlockSize, Error, ExportInput, ExportOptions,
+    apply, export_images, export_with_manifest, export_writing_manifest, inspect, verify_image,
+    write_manifest, ManifestHeader, ManifestReader, ManifestWriter, parse_size, scan, BlockSize, Error, ExportInput, ExportOptions,
     ExtentKind, ExtentListEncoder, Image, OutputType, Phase, Progress, RawSparseEncoder, Sink,
     Source,
 };
-use std::io::{BufWriter, IsTerminal, Write};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,8 +37,31 @@ enum Command {
     Diff(DiffArgs),
     /// Rebuild the target from BASE and an export.
     Apply(ApplyArgs),
-    /// Decode an export, check it and show what it holds.
+    /// Decode an export or a block manifest, check it and show what it holds.
     Info(InfoArgs),
+    /// Write the block manifest of IMAGE: what an export needs of a base
+    /// (see export --base-manifest).
+    Manifest(ManifestArgs),
+}
+
+#[derive(Args)]
+struct ManifestArgs {
+    /// The image.
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+    /// Where to write the manifest; `-` writes to standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Block size: a power of two from 4K to 2M; exports made from the
+    /// manifest use it.
+    #[arg(long, value_name = "SIZE", default_value = "4K", value_parser = parse_block_size)]
+    block_size: BlockSize,
+    /// Replace an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -43,6 +69,15 @@ struct ExportArgs {
     /// The older image; left out, every non-zero block of TARGET is exported.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// The block manifest of the older image (see `manifest` and
+    /// --manifest-out), in place of --base: the export is the same, made
+    /// from TARGET alone. Its block size is the export's.
+    #[arg(long, value_name = "FILE", conflicts_with = "base")]
+    base_manifest: Option<PathBuf>,
+    /// Also write TARGET's block manifest to FILE, in the same pass: the
+    /// --base-manifest of the next export.
+    #[arg(long, value_name = "FILE")]
+    manifest_out: Option<PathBuf>,
     /// The newer image.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
@@ -112,6 +147,10 @@ struct ApplyArgs {
     /// file) for an export made without a base.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// Check BASE against this block manifest before writing anything, and
+    /// refuse it when it differs.
+    #[arg(long, value_name = "FILE")]
+    base_manifest: Option<PathBuf>,
     /// The export; `-` reads an extent-list stream from standard input.
     #[arg(value_name = "EXPORT")]
     export: PathBuf,
@@ -167,6 +206,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff(args),
         Command::Apply(args) => run_apply(args),
         Command::Info(args) => info(args),
+        Command::Manifest(args) => manifest(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,9 +290,27 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
     }
     let base = args.base.as_deref().map(Image::open).transpose()?;
     let target = Image::open(&args.target)?;
+    let mut manifest = args.base_manifest.as_deref().map(open_manifest).transpose()?;
+    let inputs: Vec<&PathBuf> = args
+        .base
+        .iter()
+        .chain(&args.base_manifest)
+        .chain([&args.target])
+        .collect();
     if !to_stdout {
-        for input in args.base.iter().chain([&args.target]) {
+        for input in &inputs {
             refuse_same_file(&args.output, input)?;
+        }
+    }
+    if let Some(out) = &args.manifest_out {
+        for other in inputs.iter().copied().chain((!to_stdout).then_some(&args.output)) {
+            refuse_same_file(out, other)?;
+            if out == other {
+                return Err(Error::invalid(
+                    "manifest-out",
+                    format!("{} is also an input or the output", out.display()),
+                ));
+            }
         }
     }
     if args.digest && args.output_type == OutputType::RbdDiff {
@@ -262,9 +320,11 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         ));
     }
     let options = ExportOptions {
-        block_size: args
-            .block_size
-            .unwrap_or(args.output_type.default_block_size()),
+        block_size: match (args.block_size, &manifest) {
+            (Some(bs), _) => bs,
+            (None, Some(m)) => m.header().block_size,
+            (None, None) => args.output_type.default_block_size(),
+        },
         digests: args.digest
             || (!args.no_digest
                 && !matches!(args.output_type, OutputType::Qcow2 | OutputType::RbdDiff)),
@@ -278,6 +338,13 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         ));
     }
     let backing = match (&args.backing, &args.base) {
+        (Some(name), _) if manifest.is_some() => Some(name.clone()),
+        (None, None) if manifest.is_some() && args.output_type == OutputType::Qcow2 => {
+            return Err(Error::invalid(
+                "backing",
+                "a qcow2 export made from a manifest needs --backing NAME, the base's file name",
+            ))
+        }
         (Some(name), Some(_)) => Some(name.clone()),
         (Some(_), None) => {
             return Err(Error::invalid(
@@ -322,16 +389,34 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             )),
         })
     };
+    let manifest_file = args
+        .manifest_out
+        .as_deref()
+        .map(|p| AtomicFile::create(p, args.force))
+        .transpose()?;
+    let mut manifest_writer = match (&manifest_file, &args.manifest_out) {
+        (Some(f), Some(path)) => Some(ManifestWriter::new(
+            BufWriter::new(f.file().try_clone().map_err(|e| Error::io(path, e))?),
+            ManifestHeader {
+                block_size: options.block_size,
+                image_size: target.size(),
+            },
+        )?),
+        _ => None,
+    };
+    let mut run = |sink: &mut dyn Sink| match (&mut manifest, &mut manifest_writer) {
+        (Some(m), out) => {
+            export_with_manifest(m, &target, sink, &options, out.as_mut(), &mut progress)
+        }
+        (None, Some(out)) => {
+            export_writing_manifest(base.as_ref(), &target, sink, &options, out, &mut progress)
+        }
+        (None, None) => export_images(base.as_ref(), &target, sink, &options, &mut progress),
+    };
     let summary = if to_stdout {
         let stdout = std::io::stdout().lock();
         let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
-        export_images(
-            base.as_ref(),
-            &target,
-            encoder.as_mut(),
-            &options,
-            &mut progress,
-        )?
+        run(encoder.as_mut())?
     } else if args.output_type == OutputType::RawSparse {
         let map = map_path(&args.output);
         refuse_existing(&args.output, args.force)?;
@@ -348,13 +433,7 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
                 .map_err(|e| Error::io(&map, e))?,
         );
         let mut encoder = RawSparseEncoder::new(data, &args.output, map_out);
-        let summary = export_images(
-            base.as_ref(),
-            &target,
-            &mut encoder,
-            &options,
-            &mut progress,
-        )?;
+        let summary = run(&mut encoder)?;
         drop(encoder);
         // The data file first: a map never names data that is not there.
         // Should the map's rename fail, the new data file goes too.
@@ -371,17 +450,15 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             .try_clone()
             .map_err(|e| Error::io(&args.output, e))?;
         let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
-        let summary = export_images(
-            base.as_ref(),
-            &target,
-            encoder.as_mut(),
-            &options,
-            &mut progress,
-        )?;
+        let summary = run(encoder.as_mut())?;
         drop(encoder);
         out.commit()?;
         summary
     };
+    drop(manifest_writer);
+    if let Some(f) = manifest_file {
+        f.commit()?;
+    }
     bar.done();
     let report = ExportReport {
         output: &args.output,
@@ -483,6 +560,29 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
 
 fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
     let mut bar = Bar::new();
+    if let Some(path) = &args.base_manifest {
+        let mut manifest = open_manifest(path)?;
+        let base = args.base.as_deref().map(Image::open).transpose()?;
+        let source = base
+            .as_ref()
+            .map_or_else(|| Source::from_bytes(&[]), Image::source);
+        let total = source.len();
+        verify_image(&source, &mut manifest, &mut |done| {
+            bar.update(Progress {
+                phase: Phase::Detect,
+                done,
+                total,
+            })
+        })
+        .map_err(|e| match e {
+            Error::Mismatch(m) => Error::Mismatch(format!(
+                "{} is not the image {} describes: {m}",
+                args.base.as_deref().unwrap_or(Path::new("the empty base")).display(),
+                path.display()
+            )),
+            e => e,
+        })?;
+    }
     let summary = apply(
         args.base.as_deref(),
         &ExportInput::from_arg(&args.export),
@@ -515,6 +615,9 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
 }
 
 fn info(args: InfoArgs) -> snapdelta::Result<()> {
+    if args.export != Path::new("-") && is_manifest(&args.export)? {
+        return manifest_info(&args);
+    }
     let info = inspect(&ExportInput::from_arg(&args.export))?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = if args.json {
@@ -559,4 +662,135 @@ fn info(args: InfoArgs) -> snapdelta::Result<()> {
     written
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("-", e))
+}
+
+/// Opens a block manifest and reads its header.
+fn open_manifest(path: &Path) -> snapdelta::Result<ManifestReader<BufReader<File>>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    ManifestReader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| match e {
+        Error::Corrupt {
+            what,
+            offset,
+            message,
+        } => Error::Corrupt {
+            what,
+            offset,
+            message: format!("{message} (in {})", path.display()),
+        },
+        e => e,
+    })
+}
+
+/// Whether `path` starts with the block manifest's magic.
+fn is_manifest(path: &Path) -> snapdelta::Result<bool> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(got == magic.len() && magic == MANIFEST_MAGIC)
+}
+
+fn manifest_info(args: &InfoArgs) -> snapdelta::Result<()> {
+    let file = File::open(&args.export).map_err(|e| Error::io(&args.export, e))?;
+    let info: ManifestInfo = inspect_manifest(BufReader::with_capacity(1 << 20, file))?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&info).expect("serializable")
+    } else {
+        format!(
+            "kind:          block manifest\nversion:       {}\nblock size:    {}\nimage size:    {}\nblocks:        {} ({} data, {} zero)\nimage digest:  {}",
+            info.version,
+            info.block_size,
+            info.image_size,
+            info.blocks,
+            info.data_blocks,
+            info.zero_blocks,
+            info.image_digest
+        )
+    };
+    println!("{text}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ManifestReport<'a> {
+    output: &'a Path,
+    block_size: u64,
+    image_size: u64,
+    bytes_written: u64,
+    seconds: f64,
+}
+
+fn manifest(args: ManifestArgs) -> snapdelta::Result<()> {
+    let started = std::time::Instant::now();
+    let image = Image::open(&args.image)?;
+    let to_stdout = args.output == Path::new("-");
+    let mut bar = Bar::new();
+    let total = image.size();
+    let mut progress = |done| {
+        bar.update(Progress {
+            phase: Phase::Detect,
+            done,
+            total,
+        })
+    };
+    let written = if to_stdout {
+        let stdout = std::io::stdout().lock();
+        write_manifest(
+            &image.source(),
+            args.block_size,
+            BufWriter::with_capacity(1 << 20, stdout),
+            &mut progress,
+        )?
+    } else {
+        refuse_same_file(&args.output, &args.image)?;
+        let out = AtomicFile::create(&args.output, args.force)?;
+        let file = out
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io(&args.output, e))?;
+        let written = write_manifest(
+            &image.source(),
+            args.block_size,
+            BufWriter::with_capacity(1 << 20, file),
+            &mut progress,
+        )?;
+        out.commit()?;
+        written
+    };
+    bar.done();
+    let report = ManifestReport {
+        output: &args.output,
+        block_size: args.block_size.get(),
+        image_size: image.size(),
+        bytes_written: written,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("serializable")
+    } else {
+        format!(
+            "{}: manifest of {} bytes in blocks of {}; {} bytes written in {:.2} s",
+            args.output.display(),
+            report.image_size,
+            args.block_size,
+            written,
+            report.seconds
+        )
+    };
+    if to_stdout {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
 }

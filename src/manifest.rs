@@ -608,15 +608,12 @@ pub fn export_with_manifest<R: Read, W: Write>(
     let started = Instant::now();
     let h = *base.header();
     if h.block_size != options.block_size {
-        return Err(Error::invalid(
-            "block size",
-            format!(
+        return Err(Error::Mismatch(format!(
                 "the manifest's blocks are {} bytes, the export's {}: give --block-size {}",
                 h.block_size,
                 options.block_size,
                 h.block_size
-            ),
-        ));
+        )));
     }
     let source = target.source();
     let total = source.len();
@@ -653,6 +650,47 @@ pub fn export_with_manifest<R: Read, W: Write>(
     if let Some(out) = manifest_out {
         out.finish(&scan.digest)?;
     }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// [`crate::export_images`], writing the target's manifest to `out` in
+/// the same pass over the target (with `base`, that pass reads both
+/// images; the manifest is of the target alone).
+pub fn export_writing_manifest<W: Write>(
+    base: Option<&Image>,
+    target: &Image,
+    sink: &mut dyn Sink,
+    options: &ExportOptions,
+    out: &mut ManifestWriter<W>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ExportSummary> {
+    let started = Instant::now();
+    if out.header.block_size != options.block_size || out.header.image_size != target.size() {
+        return Err(Error::invalid(
+            "manifest",
+            "the manifest's header does not describe the target at the export's block size",
+        ));
+    }
+    let base = base.map_or_else(|| Source::from_bytes(&[]), Image::source);
+    let target = target.source();
+    let total = target.len();
+    let (map, digests, target_digest) = crate::detect::scan_with_manifest(
+        &base,
+        &target,
+        options.block_size,
+        options.digests,
+        out,
+        &mut |done| {
+            progress(Progress {
+                phase: Phase::Detect,
+                done,
+                total,
+            })
+        },
+    )?;
+    let mut summary = stream(&map, &base, &target, digests.as_ref(), None, sink, progress)?;
+    out.finish(&target_digest)?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }

@@ -71,7 +71,7 @@ impl BaseChecksums for BaseCrcs {
 
 /// Block digests for one block size, with the digests of zero blocks
 /// worked out once.
-struct BlockHasher {
+pub(super) struct BlockHasher {
     bs: u64,
     /// For blocks below 1 MiB: the chaining value of a whole zero block at
     /// each position of a chunk.
@@ -80,7 +80,7 @@ struct BlockHasher {
 }
 
 impl BlockHasher {
-    fn new(block_size: BlockSize) -> Self {
+    pub(super) fn new(block_size: BlockSize) -> Self {
         let bs = block_size.get();
         let zeros = vec![0u8; bs.min(CHUNK) as usize];
         let zero_cvs = if bs < CHUNK {
@@ -109,6 +109,15 @@ impl BlockHasher {
         }
     }
 
+    /// The blocks and chunk hashes of `[start, end)` of `src`, a hole.
+    pub(super) fn hole_group(&self, src: &Source<'_>, start: u64, end: u64) -> GroupOut {
+        GroupOut {
+            blocks: vec![BlockEntry::Zero; (end.min(src.len()) - start).div_ceil(self.bs) as usize],
+            chunks: chunk_digests(src, start, end),
+            boundary: None,
+        }
+    }
+
     fn zero_chunk_hash(&self, len: usize) -> [u8; 32] {
         if len as u64 == CHUNK {
             self.zero_chunk
@@ -119,7 +128,8 @@ impl BlockHasher {
 
     /// Hashes one piece read from the image: a chunk when blocks are
     /// smaller, else one block. `at` is where the piece starts.
-    fn piece(&self, bytes: &[u8], at: u64, want_crc: bool, base_size: u64, out: &mut GroupOut) {
+    pub(super) fn piece(
+        &self, bytes: &[u8], at: u64, want_crc: bool, base_size: u64, out: &mut GroupOut) {
         let bs = self.bs as usize;
         let boundary = |out: &mut GroupOut, b: &[u8], off: u64, pos: u64| {
             if off < base_size && base_size < off + b.len() as u64 {
@@ -233,9 +243,9 @@ fn root(cvs: &[Cv], len: u64, bs: u64) -> [u8; 32] {
 
 /// What one parallel task found in its group of blocks.
 #[derive(Default)]
-struct GroupOut {
-    blocks: Vec<BlockEntry>,
-    chunks: Vec<[u8; 32]>,
+pub(super) struct GroupOut {
+    pub(super) blocks: Vec<BlockEntry>,
+    pub(super) chunks: Vec<[u8; 32]>,
     /// The block that holds the base's end inside it: its index, the digest
     /// of its bytes up to the base's end, and whether the rest is zeros.
     boundary: Option<(u64, Cv, bool)>,
@@ -251,11 +261,7 @@ fn hash_group(
 ) -> Result<GroupOut> {
     let bs = hasher.bs;
     if src.is_hole(start, end) {
-        return Ok(GroupOut {
-            blocks: vec![BlockEntry::Zero; (end - start).div_ceil(bs) as usize],
-            chunks: chunk_digests(src, start, end),
-            boundary: None,
-        });
+        return Ok(hasher.hole_group(src, start, end));
     }
     BUFFERS.with(|cell| {
         let (buf, _) = &mut *cell.borrow_mut();
