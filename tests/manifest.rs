@@ -169,7 +169,7 @@ fn manifest_exports_equal_base_exports_on_edge_cases() {
                 assert!(err.contains("unsupported"), "{err}");
                 continue;
             }
-            same_exports(d.path(), "base.img", "target.img", bs);
+            same_exports(d.path(), "base.img", "target.img", bs as u64);
         }
         eprintln!("case {n} done");
     }
