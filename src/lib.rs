@@ -51,7 +51,9 @@ pub mod output;
 pub mod sink;
 
 pub use apply::{apply, ApplySummary, ExportInput};
-pub use detect::{detect, detect_serial, detect_with_progress, scan, scan_with_manifest, ChangeMap};
+pub use detect::{
+    detect, detect_serial, detect_with_progress, scan, scan_with_manifest, ChangeMap,
+};
 pub use digest::{image_digest, Digests};
 pub use error::{Error, Result};
 pub use export::{export_images, export_map, ExportOptions, ExportSummary, Phase, Progress};

@@ -149,7 +149,8 @@ impl<W: Write> ManifestWriter<W> {
                 self.flush_zeros()?;
                 if self.data_run == 0 {
                     self.entries.clear();
-                    self.entries.extend_from_slice(&[TAG_DATA, 0, 0, 0, 0, 0, 0, 0]);
+                    self.entries
+                        .extend_from_slice(&[TAG_DATA, 0, 0, 0, 0, 0, 0, 0]);
                 }
                 self.entries.extend_from_slice(&d.digest);
                 self.entries.extend_from_slice(&d.crc.to_le_bytes());
@@ -371,9 +372,7 @@ impl<R: Read> ManifestReader<R> {
         }
         let left = self.header.block_count() - self.block;
         match head[0] {
-            TAG_ZERO | TAG_DATA if count == 0 => {
-                return Err(corrupt(at + 4, "a run of no blocks"))
-            }
+            TAG_ZERO | TAG_DATA if count == 0 => return Err(corrupt(at + 4, "a run of no blocks")),
             TAG_ZERO | TAG_DATA if count > left => {
                 return Err(corrupt(
                     at + 4,
@@ -408,12 +407,14 @@ impl<R: Read> ManifestReader<R> {
                 self.data.clear();
                 self.data_at = 0;
                 self.data
-                    .extend(self.raw[8..8 + len].chunks_exact(ENTRY_LEN).map(|e| {
-                        BlockDigest {
-                            digest: e[..32].try_into().expect("32 bytes"),
-                            crc: u32_at(e, 32),
-                        }
-                    }));
+                    .extend(
+                        self.raw[8..8 + len]
+                            .chunks_exact(ENTRY_LEN)
+                            .map(|e| BlockDigest {
+                                digest: e[..32].try_into().expect("32 bytes"),
+                                crc: u32_at(e, 32),
+                            }),
+                    );
                 self.offset += (8 + len + 4) as u64;
             }
             TAG_END => {
@@ -457,12 +458,7 @@ impl<R: Read> ManifestReader<R> {
         loop {
             match self.input.read(&mut extra) {
                 Ok(0) => break,
-                Ok(_) => {
-                    return Err(corrupt(
-                        at + END_LEN as u64,
-                        "bytes after the end record",
-                    ))
-                }
+                Ok(_) => return Err(corrupt(at + END_LEN as u64, "bytes after the end record")),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io("manifest", e)),
             }
@@ -486,7 +482,10 @@ impl<R: Read> ManifestReader<R> {
 fn read_full(input: &mut impl Read, buf: &mut [u8], at: u64, what: &str) -> Result<()> {
     input.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            corrupt(at, format!("truncated: the manifest ends inside its {what}"))
+            corrupt(
+                at,
+                format!("truncated: the manifest ends inside its {what}"),
+            )
         } else {
             Error::io("manifest", e)
         }
@@ -609,10 +608,8 @@ pub fn export_with_manifest<R: Read, W: Write>(
     let h = *base.header();
     if h.block_size != options.block_size {
         return Err(Error::Mismatch(format!(
-                "the manifest's blocks are {} bytes, the export's {}: give --block-size {}",
-                h.block_size,
-                options.block_size,
-                h.block_size
+            "the manifest's blocks are {} bytes, the export's {}: give --block-size {}",
+            h.block_size, options.block_size, h.block_size
         )));
     }
     let source = target.source();
@@ -748,7 +745,13 @@ mod tests {
     #[test]
     fn every_truncation_and_flipped_byte_is_refused() {
         let mut w = ManifestWriter::new(Vec::new(), header(4096 * 5)).unwrap();
-        for e in [entry(1), BlockEntry::Zero, BlockEntry::Zero, entry(2), entry(3)] {
+        for e in [
+            entry(1),
+            BlockEntry::Zero,
+            BlockEntry::Zero,
+            entry(2),
+            entry(3),
+        ] {
             w.push(&e).unwrap();
         }
         w.finish(&[1; 32]).unwrap();

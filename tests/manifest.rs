@@ -40,11 +40,27 @@ fn same_exports(dir: &Path, base: &str, target: &str, bs: u64) {
     let tm = format!("{target}.{bs}.sdm");
     ok(
         dir,
-        &["manifest", base, "-o", &bm, "--block-size", &bs_arg, "--force"],
+        &[
+            "manifest",
+            base,
+            "-o",
+            &bm,
+            "--block-size",
+            &bs_arg,
+            "--force",
+        ],
     );
     ok(
         dir,
-        &["manifest", target, "-o", &tm, "--block-size", &bs_arg, "--force"],
+        &[
+            "manifest",
+            target,
+            "-o",
+            &tm,
+            "--block-size",
+            &bs_arg,
+            "--force",
+        ],
     );
     let mut types: Vec<(&str, Vec<&str>)> = TYPES.iter().map(|t| (*t, vec![])).collect();
     types.push(("metadata-and-data", vec!["--compress", "zstd"]));
@@ -160,11 +176,26 @@ fn manifest_exports_equal_base_exports_on_edge_cases() {
                 let bs_arg = bs.to_string();
                 ok(
                     d.path(),
-                    &["manifest", "base.img", "-o", "b.sdm", "--block-size", &bs_arg, "--force"],
+                    &[
+                        "manifest",
+                        "base.img",
+                        "-o",
+                        "b.sdm",
+                        "--block-size",
+                        &bs_arg,
+                        "--force",
+                    ],
                 );
                 let err = fails(
                     d.path(),
-                    &["export", "--base-manifest", "b.sdm", "target.img", "-o", "x.sdx"],
+                    &[
+                        "export",
+                        "--base-manifest",
+                        "b.sdm",
+                        "target.img",
+                        "-o",
+                        "x.sdx",
+                    ],
                 );
                 assert!(err.contains("unsupported"), "{err}");
                 continue;
@@ -204,13 +235,30 @@ fn a_target_shrunk_into_a_data_base_block_is_refused() {
     write(d.path(), "target.img", &base[..65536 * 2 + 1000]);
     ok(
         d.path(),
-        &["manifest", "base.img", "-o", "base.sdm", "--block-size", "64K"],
+        &[
+            "manifest",
+            "base.img",
+            "-o",
+            "base.sdm",
+            "--block-size",
+            "64K",
+        ],
     );
     let err = fails(
         d.path(),
-        &["export", "--base-manifest", "base.sdm", "target.img", "-o", "x.sdx"],
+        &[
+            "export",
+            "--base-manifest",
+            "base.sdm",
+            "target.img",
+            "-o",
+            "x.sdx",
+        ],
     );
-    assert!(err.contains("unsupported") && err.contains("ends at byte"), "{err}");
+    assert!(
+        err.contains("unsupported") && err.contains("ends at byte"),
+        "{err}"
+    );
     assert!(!d.path().join("x.sdx").exists());
 }
 
@@ -269,13 +317,18 @@ fn debugfs(image: &Path, commands: &str) {
     assert!(out.status.success(), "debugfs: {err}");
     // debugfs reports failed commands on stderr but exits 0.
     for line in err.lines().skip(1) {
-        assert!(!line.contains(':') || line.starts_with("debugfs"), "debugfs: {err}");
+        assert!(
+            !line.contains(':') || line.starts_with("debugfs"),
+            "debugfs: {err}"
+        );
     }
 }
 
 /// Seeded bytes, compressible or not.
 fn file_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -293,8 +346,11 @@ fn a_chain_of_five_exports_from_manifests_rebuilds_the_last_state() {
     let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();
     for i in 0..12u64 {
-        std::fs::write(src.join(format!("f{i}")), file_bytes(i, 30_000 + 20_000 * i as usize))
-            .unwrap();
+        std::fs::write(
+            src.join(format!("f{i}")),
+            file_bytes(i, 30_000 + 20_000 * i as usize),
+        )
+        .unwrap();
     }
     let out = Command::new("mkfs.ext4")
         .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
@@ -305,7 +361,11 @@ fn a_chain_of_five_exports_from_manifests_rebuilds_the_last_state() {
         .arg("48M")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Five successive states: files written, deleted and overwritten.
     for k in 1..=5u64 {
         let prev = dir.join(format!("s{}.img", k - 1));
@@ -315,8 +375,11 @@ fn a_chain_of_five_exports_from_manifests_rebuilds_the_last_state() {
         for j in 0..3u64 {
             let name = format!("new{k}-{j}");
             let local = dir.join(&name);
-            std::fs::write(&local, file_bytes(100 * k + j, 50_000 * (j as usize + 1) * k as usize))
-                .unwrap();
+            std::fs::write(
+                &local,
+                file_bytes(100 * k + j, 50_000 * (j as usize + 1) * k as usize),
+            )
+            .unwrap();
             cmds += &format!("write {} {name}\n", local.display());
         }
         // Delete one of the first files, and overwrite another.
@@ -401,7 +464,14 @@ fn refusal_setup() -> tempfile::TempDir {
 fn export_from(dir: &Path, manifest: &str) -> String {
     let err = fails(
         dir,
-        &["export", "--base-manifest", manifest, "target.img", "-o", "out.sdx"],
+        &[
+            "export",
+            "--base-manifest",
+            manifest,
+            "target.img",
+            "-o",
+            "out.sdx",
+        ],
     );
     assert!(!dir.join("out.sdx").exists(), "a partial export was left");
     err
@@ -412,7 +482,16 @@ fn truncated_and_corrupted_manifests_are_refused() {
     let d = refusal_setup();
     let dir = d.path();
     let good = read(dir, "base.sdm");
-    for cut in [0, 5, 63, 64, 70, good.len() / 2, good.len() - 52, good.len() - 1] {
+    for cut in [
+        0,
+        5,
+        63,
+        64,
+        70,
+        good.len() / 2,
+        good.len() - 52,
+        good.len() - 1,
+    ] {
         write(dir, "cut.sdm", &good[..cut]);
         let err = export_from(dir, "cut.sdm");
         assert!(err.contains("corrupt block manifest"), "cut {cut}: {err}");
@@ -435,7 +514,10 @@ fn truncated_and_corrupted_manifests_are_refused() {
     write(dir, "other.sdm", &read(dir, "target.img"));
     assert!(export_from(dir, "other.sdm").contains("bad magic"));
     // An export is not a manifest.
-    ok(dir, &["export", "--base", "base.img", "target.img", "-o", "e.sdx"]);
+    ok(
+        dir,
+        &["export", "--base", "base.img", "target.img", "-o", "e.sdx"],
+    );
     assert!(export_from(dir, "e.sdx").contains("bad magic"));
     // info checks a manifest as a whole.
     write(dir, "cut.sdm", &good[..good.len() - 10]);
@@ -463,7 +545,10 @@ fn a_manifest_of_another_block_size_is_refused() {
             "64K",
         ],
     );
-    assert!(err.contains("4 KiB") && err.contains("--block-size"), "{err}");
+    assert!(
+        err.contains("4 KiB") && err.contains("--block-size"),
+        "{err}"
+    );
     assert!(!d.path().join("out.sdx").exists());
 }
 
@@ -473,7 +558,16 @@ fn apply_refuses_the_wrong_base() {
     let dir = d.path();
     ok(
         dir,
-        &["export", "--base-manifest", "base.sdm", "target.img", "-o", "e.rbd", "--output-type", "rbd-diff"],
+        &[
+            "export",
+            "--base-manifest",
+            "base.sdm",
+            "target.img",
+            "-o",
+            "e.rbd",
+            "--output-type",
+            "rbd-diff",
+        ],
     );
     // Same size, one block changed: named by its offset.
     let mut wrong = read(dir, "base.img");
@@ -481,26 +575,66 @@ fn apply_refuses_the_wrong_base() {
     write(dir, "wrong.img", &wrong);
     let err = fails(
         dir,
-        &["apply", "--base", "wrong.img", "--base-manifest", "base.sdm", "e.rbd", "-o", "r.img"],
+        &[
+            "apply",
+            "--base",
+            "wrong.img",
+            "--base-manifest",
+            "base.sdm",
+            "e.rbd",
+            "-o",
+            "r.img",
+        ],
     );
-    assert!(err.contains("mismatch") && err.contains("at byte 147456"), "{err}");
+    assert!(
+        err.contains("mismatch") && err.contains("at byte 147456"),
+        "{err}"
+    );
     assert!(!dir.join("r.img").exists());
     // Another size.
     write(dir, "short.img", &read(dir, "base.img")[..100_000]);
     let err = fails(
         dir,
-        &["apply", "--base", "short.img", "--base-manifest", "base.sdm", "e.rbd", "-o", "r.img"],
+        &[
+            "apply",
+            "--base",
+            "short.img",
+            "--base-manifest",
+            "base.sdm",
+            "e.rbd",
+            "-o",
+            "r.img",
+        ],
     );
     assert!(err.contains("100000 bytes"), "{err}");
     // No base at all is the empty image, not the one described.
-    let err = fails(dir, &["apply", "--base-manifest", "base.sdm", "e.rbd", "-o", "r.img"]);
+    let err = fails(
+        dir,
+        &[
+            "apply",
+            "--base-manifest",
+            "base.sdm",
+            "e.rbd",
+            "-o",
+            "r.img",
+        ],
+    );
     assert!(err.contains("mismatch"), "{err}");
     assert!(!dir.join("r.img").exists());
     // The right base passes, and the rbd diff (which records nothing of
     // its base) rebuilds the target.
     ok(
         dir,
-        &["apply", "--base", "base.img", "--base-manifest", "base.sdm", "e.rbd", "-o", "r.img"],
+        &[
+            "apply",
+            "--base",
+            "base.img",
+            "--base-manifest",
+            "base.sdm",
+            "e.rbd",
+            "-o",
+            "r.img",
+        ],
     );
     same_file(dir, "r.img", "target.img");
 }
@@ -509,7 +643,10 @@ fn apply_refuses_the_wrong_base() {
 fn manifest_outputs_are_private_atomic_and_checked() {
     let d = refusal_setup();
     let dir = d.path();
-    let mode = std::fs::metadata(dir.join("base.sdm")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join("base.sdm"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
     // An existing manifest is kept without --force.
     let err = fails(dir, &["manifest", "target.img", "-o", "base.sdm"]);
@@ -517,25 +654,59 @@ fn manifest_outputs_are_private_atomic_and_checked() {
     // A symbolic link at the output is replaced, not followed.
     write(dir, "victim", b"keep");
     std::os::unix::fs::symlink(dir.join("victim"), dir.join("link.sdm")).unwrap();
-    ok(dir, &["manifest", "target.img", "-o", "link.sdm", "--force"]);
+    ok(
+        dir,
+        &["manifest", "target.img", "-o", "link.sdm", "--force"],
+    );
     assert_eq!(read(dir, "victim"), b"keep");
-    assert!(!std::fs::symlink_metadata(dir.join("link.sdm")).unwrap().file_type().is_symlink());
+    assert!(!std::fs::symlink_metadata(dir.join("link.sdm"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // A failed export leaves no manifest behind.
     let err = fails(
         dir,
-        &["export", "--base", "base.img", "missing.img", "-o", "x.sdx", "--manifest-out", "x.sdm"],
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "missing.img",
+            "-o",
+            "x.sdx",
+            "--manifest-out",
+            "x.sdm",
+        ],
     );
     assert!(err.contains("missing.img"), "{err}");
     assert!(!dir.join("x.sdm").exists());
     // The manifest cannot be the export, nor an input.
     let out = run(
         dir,
-        &["export", "--base", "base.img", "target.img", "-o", "x.sdx", "--manifest-out", "x.sdx"],
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "x.sdx",
+            "--manifest-out",
+            "x.sdx",
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     let out = run(
         dir,
-        &["export", "--base", "base.img", "target.img", "-o", "x.sdx", "--manifest-out", "base.img", "--force"],
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "x.sdx",
+            "--manifest-out",
+            "base.img",
+            "--force",
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(read(dir, "base.img"), pattern(200_000, 1));
@@ -546,12 +717,30 @@ fn manifest_outputs_are_private_atomic_and_checked() {
     // --base-manifest exclude each other.
     let out = run(
         dir,
-        &["export", "--base-manifest", "base.sdm", "target.img", "-o", "x.qcow2", "--output-type", "qcow2"],
+        &[
+            "export",
+            "--base-manifest",
+            "base.sdm",
+            "target.img",
+            "-o",
+            "x.qcow2",
+            "--output-type",
+            "qcow2",
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     let out = run(
         dir,
-        &["export", "--base", "base.img", "--base-manifest", "base.sdm", "target.img", "-o", "x.sdx"],
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "--base-manifest",
+            "base.sdm",
+            "target.img",
+            "-o",
+            "x.sdx",
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.join("x.sdx").exists() && !dir.join("x.qcow2").exists());

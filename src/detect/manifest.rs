@@ -18,7 +18,9 @@ use crate::geometry::{BlockSize, Extent, ExtentKind};
 use crate::image::Source;
 use crate::manifest::{BlockDigest, BlockEntry, ManifestReader, ManifestWriter, Run};
 use crate::sink::BaseChecksums;
-use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
+use blake3::hazmat::{
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode,
+};
 use rayon::prelude::*;
 use std::io::{Read, Write};
 
@@ -60,7 +62,10 @@ impl BaseChecksums for BaseCrcs {
                 break;
             }
             let len = (start + bs).min(self.base_size) - start;
-            debug_assert!(start >= pos && start + len <= end, "range cuts a base block");
+            debug_assert!(
+                start >= pos && start + len <= end,
+                "range cuts a base block"
+            );
             crc = crc_append_zeros(crc, start - pos);
             crc = crc32c::crc32c_combine(crc, c, len as usize);
             pos = start + len;
@@ -129,7 +134,13 @@ impl BlockHasher {
     /// Hashes one piece read from the image: a chunk when blocks are
     /// smaller, else one block. `at` is where the piece starts.
     pub(super) fn piece(
-        &self, bytes: &[u8], at: u64, want_crc: bool, base_size: u64, out: &mut GroupOut) {
+        &self,
+        bytes: &[u8],
+        at: u64,
+        want_crc: bool,
+        base_size: u64,
+        out: &mut GroupOut,
+    ) {
         let bs = self.bs as usize;
         let boundary = |out: &mut GroupOut, b: &[u8], off: u64, pos: u64| {
             if off < base_size && base_size < off + b.len() as u64 {
@@ -472,7 +483,15 @@ mod tests {
     #[test]
     fn image_digest_from_block_digests_matches_the_direct_one() {
         for bs in [4096u64, 65536, 1 << 20, 2 << 20] {
-            for size in [0u64, 100, 4096, 5000, CHUNK, CHUNK + 4096 + 3, 3 * CHUNK + 70000] {
+            for size in [
+                0u64,
+                100,
+                4096,
+                5000,
+                CHUNK,
+                CHUNK + 4096 + 3,
+                3 * CHUNK + 70000,
+            ] {
                 let mut bytes: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
                 if size > 9000 {
                     bytes[4096..8192].fill(0);
@@ -514,7 +533,13 @@ mod tests {
             view[s..(s + bs as usize).min(base.len())].fill(0);
         }
         view.resize(14 * bs as usize, 0);
-        for (o, l) in [(0, bs), (0, 11 * bs), (bs, 3 * bs), (9 * bs, 5 * bs), (12 * bs, bs)] {
+        for (o, l) in [
+            (0, bs),
+            (0, 11 * bs),
+            (bs, 3 * bs),
+            (9 * bs, 5 * bs),
+            (12 * bs, bs),
+        ] {
             let want = crc32c::crc32c(&view[o as usize..(o + l) as usize]);
             assert_eq!(crcs.crc(o, l), want, "{o} {l}");
         }

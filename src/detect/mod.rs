@@ -217,7 +217,15 @@ fn scan_inner<W: Write>(
             .map(|g| {
                 let start = g * group;
                 let end = (start + group).min(target.len());
-                scan_group(base, target, block_size, start, end, digests, hasher.as_ref())
+                scan_group(
+                    base,
+                    target,
+                    block_size,
+                    start,
+                    end,
+                    digests,
+                    hasher.as_ref(),
+                )
             })
             .collect::<Result<_>>()?;
         for part in parts {

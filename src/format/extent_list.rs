@@ -227,8 +227,8 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
                 let base_crc = match extent.base_crc {
                     Some(b) => b.crc(extent.offset + start as u64, (end - start) as u64),
                     None => {
-                        let base = &extent.base
-                            [start.min(extent.base.len())..end.min(extent.base.len())];
+                        let base =
+                            &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
                         crc_with_zeros(base, (chunk.len() - base.len()) as u64)
                     }
                 };
