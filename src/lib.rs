@@ -14,6 +14,9 @@
 //!   order, into a [`Sink`]: one of the encoders in [`format`], or your own.
 //! - [`apply()`] rebuilds the target from the base and an export.
 //! - [`inspect`] decodes an export and lists what it holds.
+//! - [`manifest`] writes and reads block manifests, the digests of an
+//!   image's blocks: [`export_with_manifest`] exports from the base's
+//!   manifest without the base image, byte for byte the same export.
 //!
 //! # Example
 //!

@@ -40,8 +40,10 @@ pub struct BlockScan {
 
 /// The CRC-32C of the base's bytes over the changed ranges of an export
 /// made from a manifest: kept for the changed blocks that are not zero in
-/// the base (12 bytes each), computed by combination for any range of
-/// whole blocks.
+/// the base, computed by combination for any range of whole blocks.
+///
+/// Its memory grows with the changes: 16 bytes per changed block (4 MiB
+/// for 1 GiB changed in 4 KiB blocks, 4 GiB for 1 TiB).
 pub struct BaseCrcs {
     block_size: u64,
     base_size: u64,
