@@ -395,7 +395,10 @@ fn a_chain_of_five_exports_from_manifests_rebuilds_the_last_state() {
     }
     // The first state's manifest; each export is made from the previous
     // state's manifest and writes the next one.
-    ok(dir, &["manifest", "s0.img", "-o", "m0.sdm", "--block-size", "4K"]);
+    ok(
+        dir,
+        &["manifest", "s0.img", "-o", "m0.sdm", "--block-size", "4K"],
+    );
     let types = [
         ("metadata-and-data", vec!["--compress", "zstd"]),
         ("raw-sparse", vec![]),
@@ -444,7 +447,17 @@ fn a_chain_of_five_exports_from_manifests_rebuilds_the_last_state() {
     }
     same_file(dir, "r5.img", "s5.img");
     // Each export's manifest is that of its state.
-    ok(dir, &["manifest", "s5.img", "-o", "check5.sdm", "--block-size", "4K"]);
+    ok(
+        dir,
+        &[
+            "manifest",
+            "s5.img",
+            "-o",
+            "check5.sdm",
+            "--block-size",
+            "4K",
+        ],
+    );
     same_file(dir, "m5.sdm", "check5.sdm");
 }
 
@@ -459,7 +472,14 @@ fn refusal_setup() -> tempfile::TempDir {
     write(d.path(), "target.img", &target);
     ok(
         d.path(),
-        &["manifest", "base.img", "-o", "base.sdm", "--block-size", "4K"],
+        &[
+            "manifest",
+            "base.img",
+            "-o",
+            "base.sdm",
+            "--block-size",
+            "4K",
+        ],
     );
     d
 }
@@ -714,7 +734,10 @@ fn manifest_outputs_are_private_atomic_and_checked() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(read(dir, "base.img"), pattern(200_000, 1));
     // The manifest streams to standard output.
-    let out = ok(dir, &["manifest", "base.img", "-o", "-", "--block-size", "4K"]);
+    let out = ok(
+        dir,
+        &["manifest", "base.img", "-o", "-", "--block-size", "4K"],
+    );
     assert_eq!(out.stdout, read(dir, "base.sdm"));
     // qcow2 from a manifest needs the backing file's name; --base and
     // --base-manifest exclude each other.
