@@ -49,7 +49,9 @@ pub struct ExportHeader<'a> {
     /// The whole target image, borrowed from its mapping (with its holes,
     /// and a way to release pages after reading them).
     pub target: &'a Source<'a>,
-    /// The whole base image (empty without a base).
+    /// The whole base image (empty without a base, and in an export made
+    /// from a block manifest of the base, whose extents carry the base's
+    /// checksums instead).
     pub base: &'a Source<'a>,
 }
 

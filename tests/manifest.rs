@@ -123,6 +123,21 @@ fn same_exports(dir: &Path, base: &str, target: &str, bs: u64) {
         );
         assert!(read(dir, &result) == read(dir, target), "{ty} {extra:?}");
     }
+    // diff lists the same changes from the manifest as from the base.
+    let from_base = ok(
+        dir,
+        &[
+            "diff",
+            "--json",
+            "--base",
+            base,
+            target,
+            "--block-size",
+            &bs_arg,
+        ],
+    );
+    let from_manifest = ok(dir, &["diff", "--json", "--base-manifest", &bm, target]);
+    assert_eq!(from_base.stdout, from_manifest.stdout);
     // The base-image export writes the same target manifest too.
     let via_base = format!("via-base-{bs}.sdm");
     ok(
