@@ -608,8 +608,10 @@ pub fn export_with_manifest<R: Read, W: Write>(
     let h = *base.header();
     if h.block_size != options.block_size {
         return Err(Error::Mismatch(format!(
-            "the manifest's blocks are {} bytes, the export's {}: give --block-size {}",
-            h.block_size, options.block_size, h.block_size
+            "the manifest's blocks are {}, the export's {}: leave out --block-size, or give {}",
+            h.block_size,
+            options.block_size,
+            h.block_size.get()
         )));
     }
     let source = target.source();

@@ -583,10 +583,7 @@ fn a_manifest_of_another_block_size_is_refused() {
             "64K",
         ],
     );
-    assert!(
-        err.contains("4 KiB") && err.contains("--block-size"),
-        "{err}"
-    );
+    assert!(err.contains("4 KiB") && err.contains("give 4096"), "{err}");
     assert!(!d.path().join("out.sdx").exists());
 }
 
