@@ -181,5 +181,6 @@ for pair in $pairs; do
     b3t_wall=$(printf '%s\n' "${rows[@]}" | awk '$1 == "b3sum-target" {print $2}')
     printf '%s\n' "${rows[@]}" | awk -v p="$pair" -v r="$read_wall" -v q="$qemu_wall" -v b="$b3t_wall" '
         NF == 4 { x = (r > 0) ? $2 / r : 0; s = ($2 > 0 && q > 0) ? q / $2 : 0; t = (b > 0) ? $2 / b : 0
-                  printf "%-11s %-30s %8.2f %8.2f %9.1f %8.2f %8.2f %8.2f\n", p, $1, $2, $3, $4 / 1024, x, s, t }'
+                  qs = (q > 0) ? sprintf("%8.2f", s) : sprintf("%8s", "-"); ts = (b > 0) ? sprintf("%8.2f", t) : sprintf("%8s", "-")
+                  printf "%-11s %-30s %8.2f %8.2f %9.1f %8.2f %s %s\n", p, $1, $2, $3, $4 / 1024, x, qs, ts }'
 done

@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn image_digest_from_block_digests_matches_the_direct_one() {
-        for bs in [4096u64, 65536, 1 << 20, 2 << 20] {
+        for bs in [4096u64, 8192, 65536, 512 << 10, 1 << 20, 2 << 20] {
             for size in [
                 0u64,
                 100,
