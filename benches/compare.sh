@@ -4,6 +4,7 @@
 #
 # Usage: benches/compare.sh [WORKDIR]     (default: /tmp/snapdelta-bench)
 #        PAIRS="dense-10 ext4" RUNS=5 benches/compare.sh   (a subset, more runs)
+#        ROWS=manifest benches/compare.sh   (only the read limit and the manifest rows)
 #
 # Pairs (made once, reused on later runs; about 14 GiB on disk):
 #   dense-1, dense-10, dense-50   2 GiB random base, target with 1 %, 10 %
@@ -20,6 +21,12 @@
 # runs once to warm up and then RUNS times (default 3); the table shows
 # the median wall time with its CPU time and peak resident memory, and
 # the ratios of the wall time to the read limit and to qemu-img.
+#
+# Manifest rows, per pair: b3sum of the target alone (b3sum-target), then
+# at 64 KiB (the manifest's default) and 4 KiB blocks: writing the
+# target's manifest, manifest-based detection (diff --base-manifest, the
+# base's manifest made once beforehand), and an export from the manifest
+# that also writes the target's; x_b3t is the wall time over b3sum-target.
 #
 # Needs: a release build (cargo build --release), qemu-img, e2fsprogs,
 # python3, GNU time (/usr/bin/time); b3sum if present.
@@ -144,12 +151,13 @@ for p in sys.argv[1:]:
 
 make_pairs
 echo "# $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(qemu-img --version | head -1)"
-printf '%-11s %-28s %8s %8s %9s %8s %8s\n' pair command wall_s cpu_s rss_mib x_read qemu/x
+printf '%-11s %-30s %8s %8s %9s %8s %8s %8s\n' pair command wall_s cpu_s rss_mib x_read qemu/x x_b3t
 for pair in $pairs; do
     base="$(readlink -f "$pair-base.img")"; target="$pair-target.img"
     cat "$base" "$target" > /dev/null  # warm the page cache
     rows=()
     rows+=("$(measure "read-limit(cat)" sh -c "cat '$base' '$target' > /dev/null")")
+    if [ "${ROWS:-all}" = all ]; then
     case $pair in sparse-*) rows+=("$(measure "read-stored-data" python3 -c "$read_stored" "$base" "$target")") ;; esac
     command -v b3sum > /dev/null && rows+=("$(measure "b3sum" b3sum "$base" "$target")")
     rows+=("$(measure "qemu-img-rebase(qcow2)" sh -c "rm -f out.qemu.qcow2 &&
@@ -160,9 +168,19 @@ for pair in $pairs; do
         rows+=("$(measure "snapdelta-$t" "$bin" export --base "$base" "$target" -o "out.$t" --output-type "$t")")
     done
     rows+=("$(measure "snapdelta-qcow2-no-digest" "$bin" export --base "$base" "$target" -o out.q --output-type qcow2 --no-digest)")
+    fi
+    command -v b3sum > /dev/null && rows+=("$(measure "b3sum-target" b3sum "$target")")
+    for bs in 64K 4K; do
+        [ -e "$pair-base.$bs.sdm" ] || "$bin" manifest "$base" -o "$pair-base.$bs.sdm" --block-size "$bs" > /dev/null
+        rows+=("$(measure "snapdelta-manifest-$bs" "$bin" manifest "$target" -o out.sdm --block-size "$bs")")
+        rows+=("$(measure "snapdelta-diff-manifest-$bs" "$bin" diff --base-manifest "$pair-base.$bs.sdm" "$target")")
+        rows+=("$(measure "snapdelta-export-manifest-$bs" "$bin" export --base-manifest "$pair-base.$bs.sdm" "$target" -o out.sdx --manifest-out out.sdm)")
+    done
     read_wall=$(printf '%s\n' "${rows[@]}" | awk '$1 ~ /^read-limit/ {print $2}')
     qemu_wall=$(printf '%s\n' "${rows[@]}" | awk '$1 ~ /^qemu-img/ {print $2}')
-    printf '%s\n' "${rows[@]}" | awk -v p="$pair" -v r="$read_wall" -v q="$qemu_wall" '
-        NF == 4 { x = (r > 0) ? $2 / r : 0; s = ($2 > 0) ? q / $2 : 0
-                  printf "%-11s %-28s %8.2f %8.2f %9.1f %8.2f %8.2f\n", p, $1, $2, $3, $4 / 1024, x, s }'
+    b3t_wall=$(printf '%s\n' "${rows[@]}" | awk '$1 == "b3sum-target" {print $2}')
+    printf '%s\n' "${rows[@]}" | awk -v p="$pair" -v r="$read_wall" -v q="$qemu_wall" -v b="$b3t_wall" '
+        NF == 4 { x = (r > 0) ? $2 / r : 0; s = ($2 > 0 && q > 0) ? q / $2 : 0; t = (b > 0) ? $2 / b : 0
+                  qs = (q > 0) ? sprintf("%8.2f", s) : sprintf("%8s", "-"); ts = (b > 0) ? sprintf("%8.2f", t) : sprintf("%8s", "-")
+                  printf "%-11s %-30s %8.2f %8.2f %9.1f %8.2f %s %s\n", p, $1, $2, $3, $4 / 1024, x, qs, ts }'
 done

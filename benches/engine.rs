@@ -3,11 +3,12 @@
 //! bytes. `cargo bench` runs them all; `cargo bench -- detect` one group.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use snapdelta::detect::scan_blocks;
 use snapdelta::format::qcow2::{Qcow2Encoder, Qcow2Options};
 use snapdelta::format::rbd_diff::RbdDiffEncoder;
 use snapdelta::{
-    detect, detect_serial, export_map, scan, BlockSize, ExportInput, ExtentKind, ExtentListEncoder,
-    Image, RawSparseEncoder, Sink,
+    detect, detect_serial, export_map, scan, write_manifest, BlockSize, ExportInput, ExtentKind,
+    ExtentListEncoder, Image, ManifestReader, RawSparseEncoder, Sink, Source,
 };
 use std::hint::black_box;
 use std::io::Write;
@@ -89,6 +90,44 @@ fn detection(c: &mut Criterion) {
     group.finish();
 }
 
+/// Block manifests of the in-memory target: writing one, and comparing the
+/// target with the base's (manifest-based detection), at 4 KiB and 64 KiB.
+fn manifests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("manifest");
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    group.sample_size(10);
+    let (base, target) = pair(10);
+    let (base, target) = (Source::from_bytes(&base), Source::from_bytes(&target));
+    for bs in [4096u64, 65536] {
+        let bs = BlockSize::new(bs).unwrap();
+        let mut base_manifest = Vec::new();
+        write_manifest(&base, bs, &mut base_manifest, &mut |_| {}).unwrap();
+        group.bench_with_input(BenchmarkId::new("write", bs.get()), &bs, |b, &bs| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(base_manifest.len());
+                black_box(write_manifest(&target, bs, &mut out, &mut |_| {}).unwrap())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("detect", bs.get()), &bs, |b, &bs| {
+            b.iter(|| {
+                let mut reader = ManifestReader::new(&base_manifest[..]).unwrap();
+                black_box(
+                    scan_blocks::<_, std::io::Sink>(
+                        &target,
+                        bs,
+                        Some(&mut reader),
+                        None,
+                        &mut |_| {},
+                    )
+                    .unwrap()
+                    .map,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 fn encoders(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     group.sample_size(10);
@@ -153,5 +192,5 @@ fn applying(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, detection, encoders, applying);
+criterion_group!(benches, detection, manifests, encoders, applying);
 criterion_main!(benches);

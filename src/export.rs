@@ -5,7 +5,7 @@ use crate::digest::Digests;
 use crate::error::Result;
 use crate::geometry::{BlockSize, ExtentKind};
 use crate::image::{Image, Source};
-use crate::sink::{DataExtent, ExportHeader, Sink, ZeroExtent};
+use crate::sink::{BaseChecksums, DataExtent, ExportHeader, Sink, ZeroExtent};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -104,7 +104,7 @@ pub fn export_images(
             })
         },
     )?;
-    let mut summary = stream(&map, &base, &target, digests.as_ref(), sink, progress)?;
+    let mut summary = stream(&map, &base, &target, digests.as_ref(), None, sink, progress)?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -121,7 +121,7 @@ pub fn export_map(
 ) -> Result<ExportSummary> {
     let started = Instant::now();
     let (base, target) = (Source::from_bytes(base), Source::from_bytes(target));
-    let mut summary = stream(map, &base, &target, digests, sink, &mut |_| {})?;
+    let mut summary = stream(map, &base, &target, digests, None, sink, &mut |_| {})?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -149,11 +149,14 @@ pub fn header_for<'a>(
     }
 }
 
-fn stream(
+/// Streams `map` into `sink`; `base_crc` stands for the base's bytes in
+/// an export made from a block manifest.
+pub(crate) fn stream(
     map: &ChangeMap,
     base: &Source<'_>,
     target: &Source<'_>,
     digests: Option<&Digests>,
+    base_crc: Option<&dyn BaseChecksums>,
     sink: &mut dyn Sink,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportSummary> {
@@ -183,12 +186,19 @@ fn stream(
                 ExtentKind::Data => sink.data(&DataExtent {
                     offset,
                     bytes: target.read_clipped(offset, length, &mut new)?,
-                    base: base.read_clipped(offset, length, &mut old)?,
+                    base: match base_crc {
+                        Some(_) => &[],
+                        None => base.read_clipped(offset, length, &mut old)?,
+                    },
+                    base_crc,
                 })?,
                 ExtentKind::Zero => sink.zero(&ZeroExtent {
                     offset,
                     length,
-                    base_crc: base.crc32c(offset, length)?,
+                    base_crc: match base_crc {
+                        Some(b) => b.crc(offset, length),
+                        None => base.crc32c(offset, length)?,
+                    },
                 })?,
             }
             target.release(offset, offset + length);

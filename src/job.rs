@@ -12,6 +12,9 @@ use crate::format::rbd_diff::RbdDiffEncoder;
 use crate::format::OutputType;
 use crate::geometry::BlockSize;
 use crate::image::Image;
+use crate::manifest::{
+    export_with_manifest, export_writing_manifest, open_manifest, ManifestHeader, ManifestWriter,
+};
 use crate::output::{refuse_existing, AtomicFile, StreamingFile};
 use crate::sink::Sink;
 use crate::ExtentListEncoder;
@@ -50,6 +53,11 @@ pub struct ExportJob {
     pub force: bool,
     /// Encrypt the export with this key: extent-list types only.
     pub key: Option<CustomerKey>,
+    /// Detect changes against this block manifest of the base instead of
+    /// the base image (`base` must then be `None`).
+    pub base_manifest: Option<PathBuf>,
+    /// Also write the target's block manifest here, in the same pass.
+    pub manifest_out: Option<PathBuf>,
 }
 
 /// Runs `job`, reporting progress; the output appears under its name only
@@ -75,11 +83,43 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
             format!("{ty} cannot be encrypted; only the extent-list types (METADATA_AND_DATA, METADATA_ONLY) can"),
         ));
     }
+    if job.base.is_some() && job.base_manifest.is_some() {
+        return Err(Error::invalid(
+            "base-manifest",
+            "give the base image or its manifest, not both",
+        ));
+    }
     let base = job.base.as_deref().map(Image::open).transpose()?;
     let target = Image::open(&job.target)?;
+    let mut manifest = job
+        .base_manifest
+        .as_deref()
+        .map(open_manifest)
+        .transpose()?;
+    let inputs: Vec<&PathBuf> = job
+        .base
+        .iter()
+        .chain(&job.base_manifest)
+        .chain([&job.target])
+        .collect();
     if !to_stdout {
-        for input in job.base.iter().chain([&job.target]) {
+        for input in &inputs {
             refuse_same_file(&job.output, input)?;
+        }
+    }
+    if let Some(out) = &job.manifest_out {
+        for other in inputs
+            .iter()
+            .copied()
+            .chain((!to_stdout).then_some(&job.output))
+        {
+            refuse_same_file(out, other)?;
+            if out == other {
+                return Err(Error::invalid(
+                    "manifest-out",
+                    format!("{} is also an input or the output", out.display()),
+                ));
+            }
         }
     }
     if job.digests == Some(true) && ty == OutputType::RbdDiff {
@@ -89,7 +129,11 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
         ));
     }
     let options = ExportOptions {
-        block_size: job.block_size.unwrap_or(ty.default_block_size()),
+        block_size: match (job.block_size, &manifest) {
+            (Some(bs), _) => bs,
+            (None, Some(m)) => m.header().block_size,
+            (None, None) => ty.default_block_size(),
+        },
         digests: job
             .digests
             .unwrap_or(!matches!(ty, OutputType::Qcow2 | OutputType::RbdDiff)),
@@ -101,6 +145,13 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
         ));
     }
     let backing = match (&job.backing, &job.base) {
+        (Some(name), _) if manifest.is_some() => Some(name.clone()),
+        (None, None) if manifest.is_some() && ty == OutputType::Qcow2 => {
+            return Err(Error::invalid(
+                "backing",
+                "a qcow2 export made from a manifest needs --backing NAME, the base's file name",
+            ))
+        }
         (Some(name), Some(_)) => Some(name.clone()),
         (Some(_), None) => {
             return Err(Error::invalid(
@@ -144,11 +195,33 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
             }
         })
     };
+    let manifest_file = job
+        .manifest_out
+        .as_deref()
+        .map(|p| AtomicFile::create(p, job.force))
+        .transpose()?;
+    let mut manifest_writer = match (&manifest_file, &job.manifest_out) {
+        (Some(f), Some(path)) => Some(ManifestWriter::new(
+            BufWriter::new(f.file().try_clone().map_err(|e| Error::io(path, e))?),
+            ManifestHeader {
+                block_size: options.block_size,
+                image_size: target.size(),
+            },
+        )?),
+        _ => None,
+    };
+    let mut run = |sink: &mut dyn Sink| match (&mut manifest, &mut manifest_writer) {
+        (Some(m), out) => export_with_manifest(m, &target, sink, &options, out.as_mut(), progress),
+        (None, Some(out)) => {
+            export_writing_manifest(base.as_ref(), &target, sink, &options, out, progress)
+        }
+        (None, None) => export_images(base.as_ref(), &target, sink, &options, progress),
+    };
     let output = &job.output;
-    if to_stdout {
+    let summary = if to_stdout {
         let stdout = std::io::stdout().lock();
         let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
-        export_images(base.as_ref(), &target, encoder.as_mut(), &options, progress)
+        run(encoder.as_mut())?
     } else if ty == OutputType::RawSparse {
         let map = map_path(output);
         refuse_existing(output, job.force)?;
@@ -165,7 +238,7 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
                 .map_err(|e| Error::io(&map, e))?,
         );
         let mut encoder = RawSparseEncoder::new(data, output, map_out);
-        let summary = export_images(base.as_ref(), &target, &mut encoder, &options, progress)?;
+        let summary = run(&mut encoder)?;
         drop(encoder);
         // The data file first: a map never names data that is not there.
         // Should the map's rename fail, the new data file goes too.
@@ -174,21 +247,26 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
             let _ = std::fs::remove_file(output);
             return Err(e);
         }
-        Ok(summary)
+        summary
     } else {
         let out = AtomicFile::create(output, job.force)?;
         let file = out.file().try_clone().map_err(|e| Error::io(output, e))?;
         let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
-        let summary = export_images(base.as_ref(), &target, encoder.as_mut(), &options, progress)?;
+        let summary = run(encoder.as_mut())?;
         drop(encoder);
         out.commit()?;
-        Ok(summary)
+        summary
+    };
+    drop(manifest_writer);
+    if let Some(f) = manifest_file {
+        f.commit()?;
     }
+    Ok(summary)
 }
 
 /// Refuses an output that is an input under another name: the export
 /// would replace the image it is read from.
-fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
+pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
         return Ok(());

@@ -14,6 +14,9 @@
 //!   order, into a [`Sink`]: one of the encoders in [`format`], or your own.
 //! - [`apply()`] rebuilds the target from the base and an export.
 //! - [`inspect`] decodes an export and lists what it holds.
+//! - [`manifest`] writes and reads block manifests, the digests of an
+//!   image's blocks: [`export_with_manifest`] exports from the base's
+//!   manifest without the base image, byte for byte the same export.
 //!
 //! # Example
 //!
@@ -48,6 +51,7 @@ pub mod geometry;
 pub mod image;
 pub mod info;
 pub mod job;
+pub mod manifest;
 pub mod operation;
 pub mod output;
 pub mod request;
@@ -55,7 +59,9 @@ pub mod sink;
 
 pub use apply::{apply, apply_with_key, ApplySummary, ExportInput};
 pub use crypt::{CustomerKey, KeyUnwrapper};
-pub use detect::{detect, detect_serial, detect_with_progress, scan, ChangeMap};
+pub use detect::{
+    detect, detect_serial, detect_with_progress, scan, scan_with_manifest, ChangeMap,
+};
 pub use digest::{image_digest, Digests};
 pub use error::{Error, Result};
 pub use export::{export_images, export_map, ExportOptions, ExportSummary, Phase, Progress};
@@ -65,4 +71,8 @@ pub use format::OutputType;
 pub use geometry::{parse_size, BlockSize, Extent, ExtentKind};
 pub use image::{Allocation, Image, Source};
 pub use info::{inspect, inspect_with_key, ExportInfo};
-pub use sink::{DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};
+pub use manifest::{
+    export_with_manifest, export_writing_manifest, inspect_manifest, verify_image, write_manifest,
+    ManifestHeader, ManifestReader, ManifestWriter,
+};
+pub use sink::{BaseChecksums, DataExtent, ExportHeader, Sink, SinkSummary, ZeroExtent};

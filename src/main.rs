@@ -5,12 +5,16 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use snapdelta::job::{run_export, ExportJob};
+use snapdelta::detect::scan_blocks;
+use snapdelta::job::{refuse_same_file, run_export, ExportJob};
+use snapdelta::manifest::{inspect_manifest, open_manifest, ManifestInfo, MAGIC as MANIFEST_MAGIC};
+use snapdelta::output::AtomicFile;
 use snapdelta::{
-    apply_with_key, inspect_with_key, parse_size, scan, BlockSize, CustomerKey, Error, ExportInput,
-    ExtentKind, Image, OutputType, Phase, Progress, Source,
+    apply_with_key, inspect_with_key, parse_size, scan, verify_image, write_manifest, BlockSize,
+    CustomerKey, Error, ExportInput, ExtentKind, Image, OutputType, Phase, Progress, Source,
 };
-use std::io::{BufWriter, IsTerminal, Write};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,8 +37,33 @@ enum Command {
     Diff(DiffArgs),
     /// Rebuild the target from BASE and an export.
     Apply(ApplyArgs),
-    /// Decode an export, check it and show what it holds.
+    /// Decode an export or a block manifest, check it and show what it holds.
     Info(InfoArgs),
+    /// Write the block manifest of IMAGE: what an export needs of a base
+    /// (see export --base-manifest).
+    Manifest(ManifestArgs),
+}
+
+#[derive(Args)]
+struct ManifestArgs {
+    /// The image.
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+    /// Where to write the manifest; `-` writes to standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Block size: a power of two from 4K to 2M; exports made from the
+    /// manifest use it. 64K costs 36 bytes per 64 KiB of data (576 MiB
+    /// per TiB) and hashes faster; 4K makes smaller exports but costs 16
+    /// times as much.
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_block_size)]
+    block_size: BlockSize,
+    /// Replace an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -42,6 +71,15 @@ struct ExportArgs {
     /// The older image; left out, every non-zero block of TARGET is exported.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// The block manifest of the older image (see `manifest` and
+    /// --manifest-out), in place of --base: the export is the same, made
+    /// from TARGET alone. Its block size is the export's.
+    #[arg(long, value_name = "FILE", conflicts_with = "base")]
+    base_manifest: Option<PathBuf>,
+    /// Also write TARGET's block manifest to FILE, in the same pass: the
+    /// --base-manifest of the next export.
+    #[arg(long, value_name = "FILE")]
+    manifest_out: Option<PathBuf>,
     /// The newer image.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
@@ -105,12 +143,17 @@ struct DiffArgs {
     /// The older image; left out, every non-zero block of TARGET is listed.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// The block manifest of the older image, in place of --base; its
+    /// block size is the diff's.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["base", "block_size"])]
+    base_manifest: Option<PathBuf>,
     /// The newer image.
     #[arg(value_name = "TARGET")]
     target: PathBuf,
-    /// Block size of change detection: a power of two from 4K to 2M.
-    #[arg(long, value_name = "SIZE", default_value = "4K", value_parser = parse_block_size)]
-    block_size: BlockSize,
+    /// Block size of change detection: a power of two from 4K to 2M
+    /// (default 4K).
+    #[arg(long, value_name = "SIZE", value_parser = parse_block_size)]
+    block_size: Option<BlockSize>,
     /// Print the change map as JSON.
     #[arg(long)]
     json: bool,
@@ -122,6 +165,10 @@ struct ApplyArgs {
     /// file) for an export made without a base.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// Check BASE against this block manifest before writing anything, and
+    /// refuse it when it differs.
+    #[arg(long, value_name = "FILE")]
+    base_manifest: Option<PathBuf>,
     /// The export; `-` reads an extent-list stream from standard input.
     #[arg(value_name = "EXPORT")]
     export: PathBuf,
@@ -183,6 +230,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff(args),
         Command::Apply(args) => run_apply(args),
         Command::Info(args) => info(args),
+        Command::Manifest(args) => manifest(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -270,6 +318,8 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             .as_deref()
             .map(CustomerKey::from_file)
             .transpose()?,
+        base_manifest: args.base_manifest.clone(),
+        manifest_out: args.manifest_out.clone(),
     };
     let mut bar = Bar::new();
     let summary = run_export(&job, &mut |p| bar.update(p))?;
@@ -309,19 +359,29 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
     let base = base
         .as_ref()
         .map_or_else(|| Source::from_bytes(&[]), Image::source);
-    let (map, _) = scan(
-        &base,
-        &target.source(),
-        args.block_size,
-        false,
-        &mut |done| {
-            bar.update(Progress {
-                phase: Phase::Detect,
-                done,
-                total,
-            })
-        },
-    )?;
+    let mut progress = |done| {
+        bar.update(Progress {
+            phase: Phase::Detect,
+            done,
+            total,
+        })
+    };
+    let map = if let Some(path) = &args.base_manifest {
+        let mut manifest = open_manifest(path)?;
+        let bs = manifest.header().block_size;
+        let scan = scan_blocks::<_, std::io::Sink>(
+            &target.source(),
+            bs,
+            Some(&mut manifest),
+            None,
+            &mut progress,
+        )?;
+        manifest.finish()?;
+        scan.map
+    } else {
+        let bs = args.block_size.unwrap_or(BlockSize::new(4096)?);
+        scan(&base, &target.source(), bs, false, &mut progress)?.0
+    };
     bar.done();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = if args.json {
@@ -354,6 +414,32 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
 
 fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
     let mut bar = Bar::new();
+    if let Some(path) = &args.base_manifest {
+        let mut manifest = open_manifest(path)?;
+        let base = args.base.as_deref().map(Image::open).transpose()?;
+        let source = base
+            .as_ref()
+            .map_or_else(|| Source::from_bytes(&[]), Image::source);
+        let total = source.len();
+        verify_image(&source, &mut manifest, &mut |done| {
+            bar.update(Progress {
+                phase: Phase::Detect,
+                done,
+                total,
+            })
+        })
+        .map_err(|e| match e {
+            Error::Mismatch(m) => Error::Mismatch(format!(
+                "{} is not the image {} describes: {m}",
+                args.base
+                    .as_deref()
+                    .unwrap_or(Path::new("the empty base"))
+                    .display(),
+                path.display()
+            )),
+            e => e,
+        })?;
+    }
     let key = args
         .key_file
         .as_deref()
@@ -392,6 +478,9 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
 }
 
 fn info(args: InfoArgs) -> snapdelta::Result<()> {
+    if args.export != Path::new("-") && is_manifest(&args.export)? {
+        return manifest_info(&args);
+    }
     let key = args
         .key_file
         .as_deref()
@@ -444,4 +533,118 @@ fn info(args: InfoArgs) -> snapdelta::Result<()> {
     written
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("-", e))
+}
+
+/// Whether `path` starts with the block manifest's magic.
+fn is_manifest(path: &Path) -> snapdelta::Result<bool> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(got == magic.len() && magic == MANIFEST_MAGIC)
+}
+
+fn manifest_info(args: &InfoArgs) -> snapdelta::Result<()> {
+    let file = File::open(&args.export).map_err(|e| Error::io(&args.export, e))?;
+    let info: ManifestInfo = inspect_manifest(BufReader::with_capacity(1 << 20, file))?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&info).expect("serializable")
+    } else {
+        format!(
+            "kind:          block manifest\nversion:       {}\nblock size:    {}\nimage size:    {}\nblocks:        {} ({} data, {} zero)\nimage digest:  {}",
+            info.version,
+            info.block_size,
+            info.image_size,
+            info.blocks,
+            info.data_blocks,
+            info.zero_blocks,
+            info.image_digest
+        )
+    };
+    println!("{text}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ManifestReport<'a> {
+    output: &'a Path,
+    block_size: u64,
+    image_size: u64,
+    bytes_written: u64,
+    seconds: f64,
+}
+
+fn manifest(args: ManifestArgs) -> snapdelta::Result<()> {
+    let started = std::time::Instant::now();
+    let image = Image::open(&args.image)?;
+    let to_stdout = args.output == Path::new("-");
+    let mut bar = Bar::new();
+    let total = image.size();
+    let mut progress = |done| {
+        bar.update(Progress {
+            phase: Phase::Detect,
+            done,
+            total,
+        })
+    };
+    let written = if to_stdout {
+        let stdout = std::io::stdout().lock();
+        write_manifest(
+            &image.source(),
+            args.block_size,
+            BufWriter::with_capacity(1 << 20, stdout),
+            &mut progress,
+        )?
+    } else {
+        refuse_same_file(&args.output, &args.image)?;
+        let out = AtomicFile::create(&args.output, args.force)?;
+        let file = out
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io(&args.output, e))?;
+        let written = write_manifest(
+            &image.source(),
+            args.block_size,
+            BufWriter::with_capacity(1 << 20, file),
+            &mut progress,
+        )?;
+        out.commit()?;
+        written
+    };
+    bar.done();
+    let report = ManifestReport {
+        output: &args.output,
+        block_size: args.block_size.get(),
+        image_size: image.size(),
+        bytes_written: written,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("serializable")
+    } else {
+        format!(
+            "{}: manifest of {} bytes in blocks of {}; {} bytes written in {:.2} s",
+            args.output.display(),
+            report.image_size,
+            args.block_size,
+            written,
+            report.seconds
+        )
+    };
+    if to_stdout {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
 }

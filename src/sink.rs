@@ -49,7 +49,9 @@ pub struct ExportHeader<'a> {
     /// The whole target image, borrowed from its mapping (with its holes,
     /// and a way to release pages after reading them).
     pub target: &'a Source<'a>,
-    /// The whole base image (empty without a base).
+    /// The whole base image (empty without a base, and in an export made
+    /// from a block manifest of the base, whose extents carry the base's
+    /// checksums instead).
     pub base: &'a Source<'a>,
 }
 
@@ -78,8 +80,12 @@ pub struct DataExtent<'a> {
     /// The target's bytes, borrowed from the mapped image.
     pub bytes: &'a [u8],
     /// The base's bytes over the same range, shorter (or empty) where the
-    /// base ends inside it; the missing bytes read as zeros.
+    /// base ends inside it; the missing bytes read as zeros. Empty in an
+    /// export made from a block manifest: see `base_crc`.
     pub base: &'a [u8],
+    /// In an export made from a block manifest of the base, which has no
+    /// base bytes: the base's checksums. `None` when `base` holds the bytes.
+    pub base_crc: Option<&'a dyn BaseChecksums>,
 }
 
 /// A zero extent: a changed range that reads as zeros in the target.
@@ -93,6 +99,21 @@ pub struct ZeroExtent {
     /// base's end. A zero extent can be as long as the disk, so the base's
     /// bytes are not handed over, only their checksum.
     pub base_crc: u32,
+}
+
+/// The base's checksums in an export made without its bytes, from a block
+/// manifest (see [`crate::manifest`]).
+pub trait BaseChecksums: Sync {
+    /// CRC-32C of the base's bytes over `[offset, offset + length)`, the
+    /// bytes past the base's end reading as zeros. The range starts on a
+    /// block boundary and ends on one or at the target's end.
+    fn crc(&self, offset: u64, length: u64) -> u32;
+}
+
+impl fmt::Debug for dyn BaseChecksums + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BaseChecksums")
+    }
 }
 
 /// What a sink reports when it finishes.

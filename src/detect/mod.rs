@@ -7,17 +7,22 @@
 //! whose memory grows with the number of extents, not with the images.
 
 mod compare;
+pub mod manifest;
 
 pub(crate) use compare::base_range;
 pub use compare::{classify, is_zero};
+pub use manifest::scan_blocks;
 
 use crate::digest::{chunk_digests, digest_range, Digests, ImageHasher, CHUNK};
 use crate::error::Result;
 use crate::geometry::{push_merged, BlockSize, Extent, ExtentKind};
 use crate::image::Source;
+use crate::manifest::ManifestWriter;
+use manifest::{BlockHasher, GroupOut};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::cell::RefCell;
+use std::io::Write;
 
 /// The sorted, non-overlapping, merged extents of one diff, with both
 /// image sizes.
@@ -130,6 +135,9 @@ pub fn detect_serial(base: &[u8], target: &[u8], block_size: BlockSize) -> Chang
 /// What one parallel task found in its group of blocks.
 struct GroupResult {
     extents: Vec<Extent>,
+    /// The target's blocks for its manifest, with its chunk hashes (then
+    /// not repeated in `target_digests`).
+    blocks: Option<GroupOut>,
     target_digests: Vec<[u8; 32]>,
     base_digests: Vec<[u8; 32]>,
 }
@@ -145,6 +153,34 @@ pub fn scan(
     digests: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(ChangeMap, Option<Digests>)> {
+    let (map, digests, _) =
+        scan_inner::<std::io::Sink>(base, target, block_size, digests, None, progress)?;
+    Ok((map, digests))
+}
+
+/// [`scan`], also writing the target's block manifest to `out` in the
+/// same pass (every block, but not the end record: give the returned
+/// target image digest to [`ManifestWriter::finish`]).
+pub fn scan_with_manifest<W: Write>(
+    base: &Source<'_>,
+    target: &Source<'_>,
+    block_size: BlockSize,
+    digests: bool,
+    out: &mut ManifestWriter<W>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(ChangeMap, Option<Digests>, [u8; 32])> {
+    scan_inner(base, target, block_size, digests, Some(out), progress)
+}
+
+fn scan_inner<W: Write>(
+    base: &Source<'_>,
+    target: &Source<'_>,
+    block_size: BlockSize,
+    digests: bool,
+    mut out: Option<&mut ManifestWriter<W>>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(ChangeMap, Option<Digests>, [u8; 32])> {
+    let hasher = out.is_some().then(|| BlockHasher::new(block_size));
     let mut map = ChangeMap::new(block_size, base.len(), target.len());
     let bs = block_size.get();
     let group = (GROUP_BYTES / bs).max(1) * bs;
@@ -162,9 +198,14 @@ pub fn scan(
         let skip_to = (next / group).min(groups);
         if skip_to > first {
             let end = (skip_to * group).min(target.len());
-            if digests {
+            if digests || out.is_some() {
                 target_hasher.push_holes(target.len(), pos, end);
+            }
+            if digests {
                 base_hasher.push_holes(base.len(), pos, end);
+            }
+            if let Some(out) = out.as_deref_mut() {
+                out.push_zeros((end - pos).div_ceil(bs))?;
             }
             first = skip_to;
             progress(end);
@@ -176,12 +217,26 @@ pub fn scan(
             .map(|g| {
                 let start = g * group;
                 let end = (start + group).min(target.len());
-                scan_group(base, target, block_size, start, end, digests)
+                scan_group(
+                    base,
+                    target,
+                    block_size,
+                    start,
+                    end,
+                    digests,
+                    hasher.as_ref(),
+                )
             })
             .collect::<Result<_>>()?;
         for part in parts {
             for extent in part.extents {
                 map.push(extent);
+            }
+            if let (Some(out), Some(blocks)) = (out.as_deref_mut(), &part.blocks) {
+                for b in &blocks.blocks {
+                    out.push(b)?;
+                }
+                target_hasher.push(&blocks.chunks);
             }
             target_hasher.push(&part.target_digests);
             base_hasher.push(&part.base_digests);
@@ -201,7 +256,7 @@ pub fn scan(
     } else {
         None
     };
-    Ok((map, digests))
+    Ok((map, digests, target_hasher.finish()))
 }
 
 thread_local! {
@@ -266,11 +321,15 @@ fn scan_group(
     start: u64,
     end: u64,
     digests: bool,
+    hasher: Option<&BlockHasher>,
 ) -> Result<GroupResult> {
     if target.is_hole(start, end) && base.is_hole(start, end) {
         return Ok(GroupResult {
             extents: Vec::new(),
-            target_digests: if digests {
+            blocks: hasher
+                .map(|h| h.hole_group(target, start, end))
+                .transpose()?,
+            target_digests: if digests && hasher.is_none() {
                 chunk_digests(target, start, end)?
             } else {
                 Vec::new()
@@ -289,6 +348,7 @@ fn scan_group(
         let piece = CHUNK.max(block_size.get());
         let mut result = GroupResult {
             extents: Vec::new(),
+            blocks: hasher.map(|_| GroupOut::default()),
             target_digests: Vec::new(),
             base_digests: Vec::new(),
         };
@@ -300,10 +360,14 @@ fn scan_group(
             for extent in classify_blocks(b, t, at, base, target, block_size) {
                 push_merged(&mut result.extents, extent);
             }
-            if digests {
+            if let (Some(h), Some(blocks)) = (hasher, &mut result.blocks) {
+                h.piece(t, at, true, 0, blocks);
+            } else if digests {
                 result
                     .target_digests
                     .extend(group_digests(target, t, at, piece_end)?);
+            }
+            if digests {
                 result
                     .base_digests
                     .extend(group_digests(base, b, at, piece_end)?);

@@ -39,7 +39,13 @@ const WHAT: &str = "extent-list stream";
 /// CRC-32C of `bytes` followed by `zeros` zero bytes, in time that grows
 /// with the length of `bytes` and only the logarithm of `zeros`.
 pub(crate) fn crc_with_zeros(bytes: &[u8], zeros: u64) -> u32 {
-    let mut crc = crc32c::crc32c(bytes);
+    crc_append_zeros(crc32c::crc32c(bytes), zeros)
+}
+
+/// The CRC-32C of the bytes whose CRC-32C is `crc` followed by `zeros`
+/// zero bytes.
+pub(crate) fn crc_append_zeros(crc: u32, zeros: u64) -> u32 {
+    let mut crc = crc;
     // Append runs of zeros of doubling length, one per set bit of `zeros`.
     let mut run_crc = crc32c::crc32c(&[0]);
     let mut run_len: u64 = 1;
@@ -303,11 +309,15 @@ impl<W: Write> Sink for ExtentListEncoder<W> {
             .map(|(i, start)| {
                 let end = (start + limit).min(extent.bytes.len());
                 let chunk = &extent.bytes[start..end];
-                let base = &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
-                let crcs = (
-                    crc32c::crc32c(chunk),
-                    crc_with_zeros(base, (chunk.len() - base.len()) as u64),
-                );
+                let base_crc = match extent.base_crc {
+                    Some(b) => b.crc(extent.offset + start as u64, (end - start) as u64),
+                    None => {
+                        let base =
+                            &extent.base[start.min(extent.base.len())..end.min(extent.base.len())];
+                        crc_with_zeros(base, (chunk.len() - base.len()) as u64)
+                    }
+                };
+                let crcs = (crc32c::crc32c(chunk), base_crc);
                 let compressed = match (payloads, level) {
                     (true, Some(level)) => {
                         Some(zstd::bulk::compress(chunk, level).map_err(|e| Error::io("zstd", e))?)
