@@ -422,3 +422,30 @@ pub fn apply_export(data: &[u8]) {
         }
     }
 }
+
+/// Arbitrary bytes into the block manifest reader: refused, or runs that
+/// cover exactly the header's blocks, each within the record limit, then
+/// the end record.
+pub fn manifest_decode(data: &[u8]) {
+    use snapdelta::manifest::{ManifestReader, Run, MAX_DATA_RUN};
+    let Ok(mut reader) = ManifestReader::new(data) else {
+        return;
+    };
+    let blocks = reader.header().block_count();
+    let mut seen = 0u64;
+    while seen < blocks {
+        match reader.next_run(blocks - seen) {
+            Ok(Run::Zero(n)) => {
+                assert!(n >= 1 && n <= blocks - seen);
+                seen += n;
+            }
+            Ok(Run::Data(d)) => {
+                assert!(!d.is_empty() && d.len() as u64 <= MAX_DATA_RUN as u64);
+                seen += d.len() as u64;
+            }
+            Err(_) => return,
+        }
+    }
+    assert_eq!(seen, blocks);
+    let _ = reader.finish();
+}

@@ -29,7 +29,7 @@ variant("t3.img", [(200000, 3000, 0x55)], size=210000)
 variant("t4.img", [(5000, 100, 0x66)], size=100001)
 PY
 
-mkdir -p "$corpus"/{extent_list_decode,rbd_diff_decode,qcow2_read,apply_export,encode_roundtrip}
+mkdir -p "$corpus"/{extent_list_decode,rbd_diff_decode,qcow2_read,apply_export,encode_roundtrip,manifest_decode}
 n=0
 for t in t1 t2 t3 t4; do
   for args in "--output-type metadata-and-data" "--output-type metadata-and-data --compress zstd" \
@@ -38,6 +38,9 @@ for t in t1 t2 t3 t4; do
     "$bin" export --base base.img "$t.img" $args --block-size 4K -o "e$n" --force >/dev/null
     cp "e$n" "$corpus/extent_list_decode/e$n"
     cp "e$n" "$corpus/apply_export/e$n"
+  done
+  for bs in 4K 64K; do
+    "$bin" manifest "$t.img" --block-size $bs -o "$corpus/manifest_decode/m-$t-$bs" --force >/dev/null
   done
   "$bin" export --base base.img "$t.img" --output-type raw-sparse -o "r$t" --force >/dev/null
   cp "r$t.map" "$corpus/extent_list_decode/map-$t"

@@ -31,12 +31,13 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 
 #[test]
 fn every_saved_input_passes_its_check() {
-    let targets: [(&str, Check); 5] = [
+    let targets: [(&str, Check); 6] = [
         ("extent_list_decode", checks::extent_list_decode),
         ("rbd_diff_decode", checks::rbd_diff_decode),
         ("qcow2_read", checks::qcow2_read),
         ("encode_roundtrip", checks::encode_roundtrip),
         ("apply_export", checks::apply_export),
+        ("manifest_decode", checks::manifest_decode),
     ];
     for (target, check) in targets {
         assert!(replay(target, check) > 0, "{target}: no saved inputs");
