@@ -117,6 +117,9 @@ pub fn apply_with_key(
                 )?,
             }
         }
+        ExportInput::Path(path) if raw_sparse::is_raw_sparse(path) => {
+            apply_raw_sparse(base_bytes, path, output, force, progress)?
+        }
         ExportInput::Path(path) => {
             // Open once (a FIFO cannot be opened twice) and decide by content.
             let file = File::open(path).at(path)?;
@@ -303,7 +306,7 @@ fn apply_qcow2(
             return Err(Error::invalid(
                 "base",
                 format!(
-                    "{} is an overlay of the backing file '{name}': give that image as --base",
+                    "{} is an overlay of the backing file {name:?}: give that image as --base",
                     path.display()
                 ),
             ))
@@ -318,7 +321,7 @@ fn apply_qcow2(
     }
     if let Some(format) = q.backing_format().filter(|f| *f != "raw") {
         return Err(Error::Unsupported(format!(
-            "qcow2 overlays of a {format} backing file (only raw)"
+            "qcow2 overlays of a {format:?} backing file (only raw)"
         )));
     }
     let record = q.record().copied();

@@ -60,14 +60,19 @@ impl CustomerKey {
 
     /// Reads a key file: the key's base64 text, as in `rawKey`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > 4096 {
+        use std::io::Read;
+        // Read at most one byte more than a key file can hold: a device or
+        // a FIFO reports no length and may never end.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4097).read_to_string(&mut text))
+            .map_err(|e| Error::io(path, e))?;
+        if text.len() > 4096 {
             return Err(Error::invalid(
                 "key-file",
                 format!("{} is too long for a key file", path.display()),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_base64(&text, "key-file")
     }
 

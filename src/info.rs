@@ -81,6 +81,9 @@ pub fn inspect_with_key(export: &ExportInput, key: Option<&CustomerKey>) -> Resu
                 _ => read_list(input, key),
             }
         }
+        ExportInput::Path(path) if crate::format::raw_sparse::is_raw_sparse(path) => {
+            read_raw_sparse(path)
+        }
         ExportInput::Path(path) => {
             let (kind, input) = sniff(File::open(path).at(path)?).at(path)?;
             match kind {

@@ -105,7 +105,13 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
     if !to_stdout {
         for input in &inputs {
             refuse_same_file(&job.output, input)?;
+            // A raw sparse export also writes OUT.map.
+            if ty == OutputType::RawSparse {
+                refuse_same_file(&map_path(&job.output), input)?;
+            }
         }
+    } else {
+        refuse_stdout_input(&inputs)?;
     }
     if let Some(out) = &job.manifest_out {
         for other in inputs
@@ -210,12 +216,24 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
         )?),
         _ => None,
     };
-    let mut run = |sink: &mut dyn Sink| match (&mut manifest, &mut manifest_writer) {
-        (Some(m), out) => export_with_manifest(m, &target, sink, &options, out.as_mut(), progress),
-        (None, Some(out)) => {
-            export_writing_manifest(base.as_ref(), &target, sink, &options, out, progress)
+    let mut run = |sink: &mut dyn Sink| {
+        match (&mut manifest, &mut manifest_writer) {
+            (Some(m), out) => {
+                export_with_manifest(m, &target, sink, &options, out.as_mut(), progress)
+            }
+            (None, Some(out)) => {
+                export_writing_manifest(base.as_ref(), &target, sink, &options, out, progress)
+            }
+            (None, None) => export_images(base.as_ref(), &target, sink, &options, progress),
         }
-        (None, None) => export_images(base.as_ref(), &target, sink, &options, progress),
+        // The encoders know their output only as a writer: name it.
+        .map_err(|e| match e {
+            Error::Io { path, source } if path == Path::new("export output") => Error::Io {
+                path: job.output.clone(),
+                source,
+            },
+            e => e,
+        })
     };
     let output = &job.output;
     let summary = if to_stdout {
@@ -280,6 +298,30 @@ pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
                 input.display()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses standard output when it is one of the inputs (`-o - 1<>IMAGE`):
+/// the export would overwrite the image it reads.
+fn refuse_stdout_input(inputs: &[&PathBuf]) -> Result<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = rustix::fs::fstat(std::io::stdout().as_fd()) else {
+        return Ok(());
+    };
+    for input in inputs {
+        if let Ok(i) = std::fs::metadata(input) {
+            if (out.st_dev, out.st_ino) == (i.dev(), i.ino()) {
+                return Err(Error::invalid(
+                    "output",
+                    format!(
+                        "standard output is the input {}; choose another output",
+                        input.display()
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -235,12 +235,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("snapdelta: error: {e}");
+            // Nothing is left to tell if standard error itself fails.
+            let _ = writeln!(std::io::stderr(), "snapdelta: error: {e}");
             // Arguments that parse but do not fit together are usage errors.
             let usage = matches!(e, Error::InvalidArgument { .. });
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// Prints a command's report on standard output, or on standard error
+/// when standard output carries the export; a failed write is an error
+/// (exit 1), not a panic.
+fn say(to_stderr: bool, text: &str) -> snapdelta::Result<()> {
+    let written = if to_stderr {
+        writeln!(std::io::stderr(), "{text}")
+    } else {
+        writeln!(std::io::stdout(), "{text}").and_then(|_| std::io::stdout().flush())
+    };
+    written.map_err(|e| Error::io(if to_stderr { "standard error" } else { "-" }, e))
 }
 
 /// A progress bar on stderr when stderr is a terminal; silent otherwise.
@@ -343,12 +356,7 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
             summary.seconds
         )
     };
-    if output == Path::new("-") {
-        eprintln!("{text}");
-    } else {
-        println!("{text}");
-    }
-    Ok(())
+    say(output == Path::new("-"), &text)
 }
 
 fn diff(args: DiffArgs) -> snapdelta::Result<()> {
@@ -413,6 +421,12 @@ fn diff(args: DiffArgs) -> snapdelta::Result<()> {
 }
 
 fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
+    if args.output == Path::new("-") {
+        return Err(Error::invalid(
+            "output",
+            "apply writes an image file, not standard output (name a file called - as ./-)",
+        ));
+    }
     let mut bar = Bar::new();
     if let Some(path) = &args.base_manifest {
         let mut manifest = open_manifest(path)?;
@@ -454,13 +468,10 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
         &mut |p| bar.update(p),
     )?;
     bar.done();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("serializable")
-        );
+    let text = if args.json {
+        serde_json::to_string_pretty(&summary).expect("serializable")
     } else {
-        println!(
+        format!(
             "{}: {} bytes rebuilt; {} export records applied ({} data bytes, {} zero bytes){}",
             args.output.display(),
             summary.target_size,
@@ -472,9 +483,9 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
             } else {
                 ""
             }
-        );
-    }
-    Ok(())
+        )
+    };
+    say(false, &text)
 }
 
 fn info(args: InfoArgs) -> snapdelta::Result<()> {
@@ -571,8 +582,7 @@ fn manifest_info(args: &InfoArgs) -> snapdelta::Result<()> {
             info.image_digest
         )
     };
-    println!("{text}");
-    Ok(())
+    say(false, &text)
 }
 
 #[derive(Serialize)]
@@ -641,10 +651,5 @@ fn manifest(args: ManifestArgs) -> snapdelta::Result<()> {
             report.seconds
         )
     };
-    if to_stdout {
-        eprintln!("{text}");
-    } else {
-        println!("{text}");
-    }
-    Ok(())
+    say(to_stdout, &text)
 }

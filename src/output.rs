@@ -135,6 +135,21 @@ impl std::io::Write for StreamingFile {
 
 /// Refuses an existing `path` unless `force`.
 pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    // Not even --force replaces a device, a FIFO or a socket with a file:
+    // `-o /dev/null --force` must not destroy the system's /dev/null.
+    if let Ok(meta) = path.symlink_metadata() {
+        let t = meta.file_type();
+        if t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a device, FIFO or socket; outputs are regular files",
+                ),
+            ));
+        }
+    }
     if !force && path.symlink_metadata().is_ok() {
         return Err(Error::io(
             path,

@@ -710,7 +710,7 @@ fn snapshot(
     }
     let image = ctx.snapshots.join(format!("{name}.img"));
     let meta_path = ctx.snapshots.join(format!("{name}.json"));
-    if !image.is_file() || !meta_path.exists() {
+    if !image.is_file() || !meta_path.is_file() {
         return Err(refuse(
             codes::RESOURCE_NOT_FOUND,
             location,
@@ -874,6 +874,17 @@ fn lock(state: &Path, id: &uuid::Uuid) -> crate::Result<File> {
         .mode(0o700)
         .create(state)
         .map_err(|e| Error::io(state, e))?;
+    // The records are only trusted in a directory of our own, not one a
+    // symbolic link leads to.
+    if !state.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(
+            state,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the requestId record directory is not a directory (a symbolic link?)",
+            ),
+        ));
+    }
     let path = state.join(format!("{id}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -89,9 +89,12 @@ pub fn export(args: ExportArgs) -> snapdelta::Result<()> {
         return Err(Error::io("-", e));
     }
     if let Some(err) = answer.error.as_ref().and_then(|e| e.errors.first()) {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "snapdelta: error: {} at {}: {}",
-            err.code, err.location, err.message
+            err.code,
+            err.location,
+            err.message
         );
         std::process::exit(1);
     }

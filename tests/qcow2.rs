@@ -482,7 +482,7 @@ fn unsupported_and_damaged_qcow2_is_refused() {
         p,
         &["apply", "--base", "b.qcow2", "v2q.qcow2", "-o", "never.img"],
     );
-    assert!(err.contains("qcow2 backing file"), "{err}");
+    assert!(err.contains("\"qcow2\" backing file"), "{err}");
     for (file, words) in [
         ("snap.qcow2", "internal snapshots"),
         ("ext.qcow2", "extended L2"),

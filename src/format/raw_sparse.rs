@@ -52,6 +52,17 @@ pub fn open(data_path: &Path) -> Result<(File, ExtentListReader<BufReader<File>>
     Ok((data, reader))
 }
 
+/// Whether `data_path` is the data file of a raw sparse export: its change
+/// map lies beside it and describes a target of exactly its size. Checked
+/// before the file's own first bytes, because a disk's contents can begin
+/// like any export (a qcow2 image kept on a volume, say).
+pub fn is_raw_sparse(data_path: &Path) -> bool {
+    // A FIFO is never a data file, and opening one would wait for a writer.
+    std::fs::metadata(data_path).is_ok_and(|m| m.is_file())
+        && map_path(data_path).is_file()
+        && open(data_path).is_ok()
+}
+
 /// Reads `buf.len()` bytes at `offset` of a raw sparse data file and checks
 /// that their CRC-32C is the one its change map records.
 pub fn read_range(file: &File, path: &Path, offset: u64, buf: &mut [u8], crc: u32) -> Result<()> {

@@ -56,6 +56,8 @@ pub struct Qcow2Reader {
     compression_type: u8,
     record: Option<ExportRecord>,
     version: u32,
+    /// Bytes of data clusters the L2 tables read so far map.
+    mapped: std::sync::atomic::AtomicU64,
 }
 
 /// Whether `bytes` start with the qcow2 magic.
@@ -212,7 +214,11 @@ impl Qcow2Reader {
             ));
         }
         if l1_size > 0
-            && (l1_offset % cs != 0 || l1_offset == 0 || l1_offset + l1_size * 8 > file_size)
+            && (l1_offset % cs != 0
+                || l1_offset == 0
+                || l1_offset
+                    .checked_add(l1_size * 8)
+                    .is_none_or(|end| end > file_size))
         {
             return Err(corrupt(
                 40,
@@ -222,6 +228,10 @@ impl Qcow2Reader {
         let mut raw = vec![0u8; (needed * 8) as usize];
         file.read_exact_at(&mut raw, l1_offset).at(path)?;
         let mut l1 = Vec::with_capacity(needed as usize);
+        // An L2 table belongs to one L1 entry: no image qemu or snapdelta
+        // writes shares one (internal snapshots are refused above), and a
+        // shared table would make the work grow with the table, not the file.
+        let mut tables = std::collections::HashSet::new();
         for (i, e) in raw.chunks_exact(8).enumerate() {
             let e = be64(e, 0);
             let at = l1_offset + i as u64 * 8;
@@ -233,6 +243,12 @@ impl Qcow2Reader {
                 return Err(corrupt(
                     at,
                     format!("L1 entry {i} points to {l2}, unaligned or past the end of the file"),
+                ));
+            }
+            if l2 != 0 && !tables.insert(l2) {
+                return Err(corrupt(
+                    at,
+                    format!("L1 entry {i} points to the L2 table at {l2}, already in use"),
                 ));
             }
             l1.push(l2);
@@ -249,6 +265,7 @@ impl Qcow2Reader {
             compression_type,
             record,
             version,
+            mapped: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -294,6 +311,9 @@ impl Qcow2Reader {
     }
 
     /// The mappings of the clusters covered by L1 entry `index`, checked.
+    /// Read each table once: the clusters all tables read so far map are
+    /// counted against the file's size, and a file whose tables map far
+    /// more than it holds is refused as corrupt.
     pub fn l2_table(&self, index: usize) -> Result<Vec<Mapping>> {
         let cs = self.cluster_size();
         let entries = (cs / 8) as usize;
@@ -346,6 +366,30 @@ impl Qcow2Reader {
                 }
             };
             out.push(mapping);
+        }
+        // Nor are data clusters shared: together they fit in the file.
+        // Without this bound a small file could make a reader copy one
+        // cluster millions of times. (Compressed clusters may share a
+        // sector at their ends; like any compressed data they expand to
+        // at most the image's virtual size, as each guest cluster has one
+        // entry in one table.)
+        let bytes = out
+            .iter()
+            .filter(|m| matches!(m, Mapping::Data { .. }))
+            .count() as u64
+            * cs;
+        let total = self
+            .mapped
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        if total > self.file_size {
+            return Err(corrupt(
+                l2,
+                format!(
+                    "the L2 tables map {total} bytes of data clusters from a file of {}: clusters are shared",
+                    self.file_size
+                ),
+            ));
         }
         Ok(out)
     }
