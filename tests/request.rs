@@ -172,6 +172,10 @@ fn error_of(answer: &Value) -> (String, String) {
 /// expected code and location.
 type Case<'a> = (&'a str, &'a str, Value, &'a [&'a str], &'a str, String);
 
+/// Every rule of the request, each with its code and location; the object
+/// names include every name of the B16 report (`../escape`,
+/// `a/../../escape`, `/escape`, a newline, `.`, `..`, empty), none of
+/// which creates a file anywhere.
 #[test]
 fn every_rule_answers_its_code_and_location() {
     let env = Env::new();
