@@ -578,8 +578,9 @@ pub fn verify_image<R: Read>(
     let scan = scan_blocks::<R, io::Sink>(image, h.block_size, Some(manifest), None, progress)?;
     if let Some(first) = scan.map.extents.first() {
         return Err(Error::Mismatch(format!(
-            "the base differs from the manifest at byte {} (block of {} bytes)",
-            first.offset, h.block_size
+            "the base differs from the manifest at byte {} (in its block of {} bytes)",
+            first.offset,
+            h.block_size.get()
         )));
     }
     if manifest.finish()? != scan.digest {

@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${1:-example}
 mkdir -p "$work"
-bin="$here/../target/release/snapdelta"
+bin="${CARGO_TARGET_DIR:-$here/../target}/release/snapdelta"
 
 echo "building snapdelta (release; the first build takes a few minutes)..."
 cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
