@@ -5,7 +5,7 @@
 //! digest when the export carries one), synced and only then renamed, so a
 //! failed apply leaves nothing under the output's name.
 
-use crate::crypt::CustomerKey;
+use crate::crypt::{refuse_unused_key, CustomerKey};
 use crate::detect::is_zero;
 use crate::digest::image_digest;
 use crate::error::{Error, IoContext, Result};
@@ -100,6 +100,7 @@ pub fn apply_with_key(
             let (kind, input) = sniff(stdin).at(Path::new("-"))?;
             match kind {
                 Some(Recognised::RbdDiff) => {
+                    refuse_unused_key(key, "the rbd diff")?;
                     apply_rbd_diff(base_bytes, BufReader::new(input), output, force, progress)?
                 }
                 Some(Recognised::Qcow2) => {
@@ -118,6 +119,7 @@ pub fn apply_with_key(
             }
         }
         ExportInput::Path(path) if raw_sparse::is_raw_sparse(path) => {
+            refuse_unused_key(key, "the raw sparse export")?;
             apply_raw_sparse(base_bytes, path, output, force, progress)?
         }
         ExportInput::Path(path) => {
@@ -135,6 +137,7 @@ pub fn apply_with_key(
                     progress,
                 )?,
                 Some(Recognised::RbdDiff) => {
+                    refuse_unused_key(key, "the rbd diff")?;
                     apply_rbd_diff(base_bytes, BufReader::new(input), output, force, progress)?
                 }
                 Some(Recognised::Qcow2) if !regular => {
@@ -144,9 +147,11 @@ pub fn apply_with_key(
                     )))
                 }
                 Some(Recognised::Qcow2) => {
+                    refuse_unused_key(key, "the qcow2 export")?;
                     apply_qcow2(base_bytes, base.is_some(), path, output, force, progress)?
                 }
                 None if map_path(path).exists() => {
+                    refuse_unused_key(key, "the raw sparse export")?;
                     apply_raw_sparse(base_bytes, path, output, force, progress)?
                 }
                 None => {

@@ -91,6 +91,20 @@ impl CustomerKey {
     }
 }
 
+/// Refuses a key given for an export that is not encrypted: whoever
+/// hands over a key expects the export to be authenticated with it, and a
+/// plaintext export could otherwise stand in for an encrypted one.
+pub fn refuse_unused_key(key: Option<&CustomerKey>, what: &str) -> crate::Result<()> {
+    match key {
+        Some(key) => Err(crate::Error::Mismatch(format!(
+            "a key (sha256 {}) was given, but {what} is not encrypted; \
+             leave the key out to read it as it is",
+            key.sha256_base64()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A SHA-256 in the API's base64 form.
 pub fn sha256_base64(digest: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest)

@@ -1,7 +1,7 @@
 //! Decode an export and describe what it holds.
 
 use crate::apply::ExportInput;
-use crate::crypt::CustomerKey;
+use crate::crypt::{refuse_unused_key, CustomerKey};
 use crate::error::{IoContext, Result};
 use crate::format::extent_list::{ExtentListReader, ListHeader, Record, Trailer};
 use crate::format::qcow2::{Mapping, Qcow2Reader};
@@ -77,19 +77,32 @@ pub fn inspect_with_key(export: &ExportInput, key: Option<&CustomerKey>) -> Resu
         ExportInput::Stdin => {
             let (kind, input) = sniff(std::io::stdin().lock()).at(Path::new("-"))?;
             match kind {
-                Some(Recognised::RbdDiff) => read_rbd_diff(input),
+                Some(Recognised::RbdDiff) => {
+                    refuse_unused_key(key, "the rbd diff")?;
+                    read_rbd_diff(input)
+                }
                 _ => read_list(input, key),
             }
         }
         ExportInput::Path(path) if crate::format::raw_sparse::is_raw_sparse(path) => {
+            refuse_unused_key(key, "the raw sparse export")?;
             read_raw_sparse(path)
         }
         ExportInput::Path(path) => {
             let (kind, input) = sniff(File::open(path).at(path)?).at(path)?;
             match kind {
-                Some(Recognised::Qcow2) => read_qcow2(path),
-                Some(Recognised::RbdDiff) => read_rbd_diff(input),
-                None if map_path(path).exists() => read_raw_sparse(path),
+                Some(Recognised::Qcow2) => {
+                    refuse_unused_key(key, "the qcow2 export")?;
+                    read_qcow2(path)
+                }
+                Some(Recognised::RbdDiff) => {
+                    refuse_unused_key(key, "the rbd diff")?;
+                    read_rbd_diff(input)
+                }
+                None if map_path(path).exists() => {
+                    refuse_unused_key(key, "the raw sparse export")?;
+                    read_raw_sparse(path)
+                }
                 _ => read_list(input, key),
             }
         }

@@ -114,18 +114,14 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
         refuse_stdout_input(&inputs)?;
     }
     if let Some(out) = &job.manifest_out {
+        let map = (ty == OutputType::RawSparse).then(|| map_path(&job.output));
         for other in inputs
             .iter()
             .copied()
             .chain((!to_stdout).then_some(&job.output))
+            .chain(map.as_ref())
         {
             refuse_same_file(out, other)?;
-            if out == other {
-                return Err(Error::invalid(
-                    "manifest-out",
-                    format!("{} is also an input or the output", out.display()),
-                ));
-            }
         }
     }
     if job.digests == Some(true) && ty == OutputType::RbdDiff {
@@ -282,24 +278,43 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
     Ok(summary)
 }
 
-/// Refuses an output that is an input under another name: the export
-/// would replace the image it is read from.
+/// Refuses an output that is an input (or another output) under another
+/// name: the command would replace a file it reads or writes. Two paths
+/// are one file when they reach the same inode, or, where one of them
+/// does not exist yet, when they are the same name in the same directory.
 pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
-        return Ok(());
-    };
-    if (o.dev(), o.ino()) == (i.dev(), i.ino()) {
+    if same_file(output, input) {
         return Err(Error::invalid(
             "output",
             format!(
-                "{} is the input {}; choose another output",
+                "{} and {} are the same file; choose another output",
                 output.display(),
                 input.display()
             ),
         ));
     }
     Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return (x.dev(), x.ino()) == (y.dev(), y.ino());
+    }
+    // The directory, resolved, and the name in it.
+    let place = |p: &Path| {
+        let name = p.file_name()?;
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        Some(
+            std::fs::canonicalize(dir.unwrap_or(Path::new(".")))
+                .ok()?
+                .join(name),
+        )
+    };
+    match (place(a), place(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Refuses standard output when it is one of the inputs (`-o - 1<>IMAGE`):

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use snapdelta::detect::scan_blocks;
+use snapdelta::format::raw_sparse::map_path;
 use snapdelta::job::{refuse_same_file, run_export, ExportJob};
 use snapdelta::manifest::{inspect_manifest, open_manifest, ManifestInfo, MAGIC as MANIFEST_MAGIC};
 use snapdelta::output::AtomicFile;
@@ -308,6 +309,19 @@ fn export(args: ExportArgs) -> snapdelta::Result<()> {
         return request::export(args);
     }
     let output = args.output.clone().expect("required without --request");
+    if let Some(key) = &args.key_file {
+        let map = (args.output_type == OutputType::RawSparse).then(|| map_path(&output));
+        for out in [
+            Some(&output).filter(|o| o.as_path() != Path::new("-")),
+            map.as_ref(),
+            args.manifest_out.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            refuse_same_file(out, key)?;
+        }
+    }
     let job = ExportJob {
         base: args.base.clone(),
         target: args.target.clone(),
@@ -426,6 +440,18 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
             "output",
             "apply writes an image file, not standard output (name a file called - as ./-)",
         ));
+    }
+    // The output may replace the base (written whole, then renamed over
+    // it), never the export, the manifest or the key being read.
+    for input in [
+        Some(&args.export).filter(|e| e.as_path() != Path::new("-")),
+        args.base_manifest.as_ref(),
+        args.key_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        refuse_same_file(&args.output, input)?;
     }
     let mut bar = Bar::new();
     if let Some(path) = &args.base_manifest {

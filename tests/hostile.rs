@@ -215,3 +215,228 @@ fn standard_output_full_or_an_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!p.join("-").exists());
 }
+
+/// A qcow2 v3 file with `2^bits`-byte clusters and `vsize` bytes of
+/// virtual size, whose L1 table (from cluster 1) points to `tables` L2
+/// tables (after the L1 table) whose first `filled` entries in all are
+/// `entry`, followed by `payload`.
+fn qcow2_file(
+    path: &Path,
+    bits: u32,
+    vsize: u64,
+    tables: u64,
+    filled: u64,
+    entry: u64,
+    payload: &[u8],
+) {
+    let cs = 1u64 << bits;
+    let l1_entries = vsize.div_ceil(cs * (cs / 8));
+    let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+    let l2_at = cs * (1 + l1_clusters);
+    let mut head = vec![0u8; cs as usize];
+    for (at, v) in [
+        (0, 0x5146_49fbu32),
+        (4, 3),
+        (20, bits),
+        (36, l1_entries as u32),
+    ] {
+        head[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    head[24..32].copy_from_slice(&vsize.to_be_bytes());
+    head[40..48].copy_from_slice(&cs.to_be_bytes());
+    head[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount order
+    head[100..104].copy_from_slice(&104u32.to_be_bytes()); // header length
+    let mut file = head;
+    let mut l1 = vec![0u8; (l1_clusters * cs) as usize];
+    for i in 0..tables {
+        let at = i as usize * 8;
+        l1[at..at + 8].copy_from_slice(&(l2_at + i * cs).to_be_bytes());
+    }
+    file.extend(l1);
+    for n in 0..tables * cs / 8 {
+        file.extend(if n < filled { entry } else { 0 }.to_be_bytes());
+    }
+    file.extend(payload);
+    file.resize(file.len().next_multiple_of(512), 0);
+    std::fs::write(path, file).unwrap();
+}
+
+/// Compressed clusters that all point at one small deflate stream would
+/// make a file of a few hundred KiB decompress into gigabytes: each
+/// compressed cluster needs bytes of its own, and this file is refused.
+#[test]
+fn qcow2_compressed_clusters_that_share_their_bytes_are_refused() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let bits = 16;
+    let cs = 1u64 << bits;
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&vec![1u8; cs as usize]).unwrap();
+    let blob = z.finish().unwrap();
+    let entry = |tables: u64| {
+        let data_at = cs * 2 + tables * cs;
+        let sectors = blob.len().div_ceil(512) as u64 - 1;
+        1 << 62 | sectors << (62 - (bits - 8)) | data_at
+    };
+    let (tables, entries) = (4, cs / 8);
+    let vsize = tables * entries * cs;
+    qcow2_file(
+        &p.join("bomb.qcow2"),
+        bits,
+        vsize,
+        tables,
+        tables * entries,
+        entry(tables),
+        &blob,
+    );
+    // One such entry is a valid image: its bytes are its own.
+    qcow2_file(&p.join("one.qcow2"), bits, cs, 1, 1, entry(1), &blob);
+    let (_, extents) = info_extents(p, "one.qcow2");
+    assert_eq!(extents, [(0, cs, "data".to_string())]);
+    for args in [
+        vec!["info", "bomb.qcow2"],
+        vec!["apply", "bomb.qcow2", "-o", "r.img"],
+    ] {
+        let err = fails(p, &args);
+        assert!(err.contains("clusters are shared"), "{err}");
+        assert!(!p.join("r.img").exists());
+    }
+}
+
+/// A qcow2 image of a huge virtual size whose L1 table is empty maps no
+/// cluster: the reader hands back no entries for an unallocated L1 entry,
+/// so describing it costs the L1 table, not the virtual size.
+#[test]
+fn qcow2_unallocated_tables_cost_nothing() {
+    use snapdelta::format::qcow2::Qcow2Reader;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let vsize = 1u64 << 50;
+    qcow2_file(&p.join("huge.qcow2"), 16, vsize, 0, 0, 0, &[]);
+    let q = Qcow2Reader::open(&p.join("huge.qcow2")).unwrap();
+    assert_eq!(q.l1_len(), 1 << 21);
+    assert!((0..q.l1_len()).all(|i| q.l2_table(i).unwrap().is_empty()));
+    let (v, extents) = info_extents(p, "huge.qcow2");
+    assert_eq!(v["target_size"], vsize);
+    assert!(extents.is_empty());
+}
+
+/// A 1 MiB base, a target that differs in two blocks and a key file.
+fn pair_and_key() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    fill(&p.join("base.img"), 0, 1 << 20, 1);
+    std::fs::copy(p.join("base.img"), p.join("target.img")).unwrap();
+    fill(&p.join("target.img"), 8192, 8192, 2);
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    std::fs::write(p.join("key"), key).unwrap();
+    d
+}
+
+/// A key given for an export that is not encrypted is refused by apply
+/// and info, in every output type: a plaintext export must not pass for
+/// one its reader believes authenticated by the key.
+#[test]
+fn a_key_for_a_plaintext_export_is_refused() {
+    let d = pair_and_key();
+    let p = d.path();
+    for ty in ["metadata-and-data", "raw-sparse", "qcow2", "rbd-diff"] {
+        let out = format!("e.{ty}");
+        assert!(export(p, &["--output-type", ty, "-o", &out])
+            .status
+            .success());
+        for args in [
+            vec!["info", "--key-file", "key", &out],
+            vec![
+                "apply",
+                "--base",
+                "base.img",
+                &out,
+                "-o",
+                "r.img",
+                "--key-file",
+                "key",
+            ],
+        ] {
+            let err = fails(p, &args);
+            assert!(err.contains("is not encrypted"), "{ty}: {err}");
+            assert!(!p.join("r.img").exists());
+        }
+        ok(p, &["apply", "--base", "base.img", &out, "-o", "r.img"]);
+        std::fs::remove_file(p.join("r.img")).unwrap();
+    }
+}
+
+/// Two names of one file among a command's outputs and the files it
+/// reads are refused before anything is written, whether the file exists
+/// yet or not: the manifest never replaces the export (or its map), and
+/// no output replaces the key, the export or the manifest being read.
+#[test]
+fn outputs_never_replace_each_other_or_what_is_read() {
+    let d = pair_and_key();
+    let p = d.path();
+    let refused = |args: &[&str]| {
+        let out = run(p, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("are the same file"), "{args:?}: {err}");
+    };
+    for extra in [
+        &["-o", "out.sdx", "--manifest-out", "./out.sdx"][..],
+        &[
+            "-o",
+            "r",
+            "--output-type",
+            "raw-sparse",
+            "--manifest-out",
+            "r.map",
+        ],
+        &["-o", "key", "--key-file", "key"],
+        &["-o", "e.sdx", "--key-file", "key", "--manifest-out", "key"],
+    ] {
+        for force in [&[][..], &["--force"]] {
+            let mut args = vec!["export", "--base", "base.img", "target.img"];
+            args.extend(extra);
+            args.extend(force);
+            refused(&args);
+            for name in ["out.sdx", "r", "r.map", "e.sdx"] {
+                assert!(!p.join(name).exists(), "{extra:?}: {name} written");
+            }
+        }
+    }
+    ok(
+        p,
+        &["export", "--base", "base.img", "target.img", "-o", "e.sdx"],
+    );
+    ok(p, &["manifest", "base.img", "-o", "m.sdm"]);
+    let kept: Vec<_> = ["e.sdx", "m.sdm", "key"]
+        .iter()
+        .map(|n| std::fs::read(p.join(n)).unwrap())
+        .collect();
+    for output in ["e.sdx", "m.sdm"] {
+        let apply = [
+            "apply",
+            "--base",
+            "base.img",
+            "e.sdx",
+            "--base-manifest",
+            "m.sdm",
+        ];
+        refused(&[&apply[..], &["-o", output, "--force"]].concat());
+    }
+    refused(&[
+        "apply",
+        "--base",
+        "base.img",
+        "e.sdx",
+        "-o",
+        "key",
+        "--key-file",
+        "key",
+        "--force",
+    ]);
+    for (n, bytes) in ["e.sdx", "m.sdm", "key"].iter().zip(kept) {
+        assert_eq!(std::fs::read(p.join(n)).unwrap(), bytes, "{n} changed");
+    }
+}

@@ -519,7 +519,8 @@ impl<R: Read> ExtentListReader<R> {
 
     /// Reads and checks the header; an encrypted stream needs `key`, and
     /// a missing or wrong key is refused here, before any record is read.
-    /// A key given for a stream that is not encrypted is ignored.
+    /// A key given for a stream that is not encrypted is refused too (see
+    /// [`crate::crypt::refuse_unused_key`]).
     pub fn with_key(input: R, key: Option<&CustomerKey>) -> Result<Self> {
         let mut reader = ExtentListReader {
             input,
@@ -588,6 +589,8 @@ impl<R: Read> ExtentListReader<R> {
                 prefix,
                 head: [&buf[..], &block[..]].concat(),
             });
+        } else {
+            crate::crypt::refuse_unused_key(key, "the extent-list stream")?;
         }
         Ok(reader)
     }

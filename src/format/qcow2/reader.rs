@@ -56,7 +56,8 @@ pub struct Qcow2Reader {
     compression_type: u8,
     record: Option<ExportRecord>,
     version: u32,
-    /// Bytes of data clusters the L2 tables read so far map.
+    /// Bytes of the file that the clusters mapped by the L2 tables read
+    /// so far need at least.
     mapped: std::sync::atomic::AtomicU64,
 }
 
@@ -310,16 +311,18 @@ impl Qcow2Reader {
         self.l1.len()
     }
 
-    /// The mappings of the clusters covered by L1 entry `index`, checked.
-    /// Read each table once: the clusters all tables read so far map are
-    /// counted against the file's size, and a file whose tables map far
-    /// more than it holds is refused as corrupt.
+    /// The mappings of the clusters covered by L1 entry `index`, checked;
+    /// empty when the L1 entry is unallocated (so that its clusters cost
+    /// nothing to skip, however large the virtual size). Read each table
+    /// once: the bytes all tables read so far need are counted against
+    /// the file's size, and a file whose tables map more than it holds
+    /// is refused as corrupt.
     pub fn l2_table(&self, index: usize) -> Result<Vec<Mapping>> {
         let cs = self.cluster_size();
         let entries = (cs / 8) as usize;
         let l2 = self.l1[index];
         if l2 == 0 {
-            return Ok(vec![Mapping::Unallocated; entries]);
+            return Ok(Vec::new());
         }
         let mut raw = vec![0u8; cs as usize];
         self.file.read_exact_at(&mut raw, l2).at(&self.path)?;
@@ -367,17 +370,21 @@ impl Qcow2Reader {
             };
             out.push(mapping);
         }
-        // Nor are data clusters shared: together they fit in the file.
-        // Without this bound a small file could make a reader copy one
-        // cluster millions of times. (Compressed clusters may share a
-        // sector at their ends; like any compressed data they expand to
-        // at most the image's virtual size, as each guest cluster has one
-        // entry in one table.)
-        let bytes = out
+        // Clusters are not shared: data clusters fill a cluster of the
+        // file each, and compressed clusters hold distinct bytes (two may
+        // share a sector, never a byte), at least the fewest bytes from
+        // which the compression type can expand a whole cluster. Without
+        // this bound a small file could make a reader copy or decompress
+        // one cluster millions of times.
+        let least = self.least_compressed_len();
+        let bytes: u64 = out
             .iter()
-            .filter(|m| matches!(m, Mapping::Data { .. }))
-            .count() as u64
-            * cs;
+            .map(|m| match m {
+                Mapping::Data { .. } => cs,
+                Mapping::Compressed { .. } => least,
+                _ => 0,
+            })
+            .sum();
         let total = self
             .mapped
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
@@ -386,12 +393,24 @@ impl Qcow2Reader {
             return Err(corrupt(
                 l2,
                 format!(
-                    "the L2 tables map {total} bytes of data clusters from a file of {}: clusters are shared",
+                    "the L2 tables need at least {total} bytes of cluster data from a file of {}: clusters are shared",
                     self.file_size
                 ),
             ));
         }
         Ok(out)
+    }
+
+    /// The fewest bytes a compressed cluster can take: deflate expands at
+    /// most 1032 times (a 258-byte match per bit pair of code); a zstd
+    /// frame needs its 4-byte magic and a frame header, and then a 3-byte
+    /// header and at least one byte per block of at most 128 KiB.
+    fn least_compressed_len(&self) -> u64 {
+        let cs = self.cluster_size();
+        match self.compression_type {
+            COMPRESSION_ZSTD => 6 + 4 * cs.div_ceil(128 * 1024),
+            _ => cs.div_ceil(1032),
+        }
     }
 
     /// Reads a data or compressed cluster into `buf` (one cluster long).
