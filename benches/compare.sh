@@ -17,7 +17,8 @@
 # Rows, per pair: the read limit (cat of both images), the stored-data read
 # limit on sparse pairs, b3sum of both images, qemu-img making the same
 # qcow2 overlay (create over the target, then a content-comparing rebase
-# onto the base), and snapdelta's diff and each output type. Each command
+# onto the base), snapdelta's diff and each output type, and the write
+# limit of the qcow2 overlay (dd of as many bytes, synced). Each command
 # runs once to warm up and then RUNS times (default 3); the table shows
 # the median wall time with its CPU time and peak resident memory, and
 # the ratios of the wall time to the read limit and to qemu-img.
@@ -168,6 +169,11 @@ for pair in $pairs; do
         rows+=("$(measure "snapdelta-$t" "$bin" export --base "$base" "$target" -o "out.$t" --output-type "$t")")
     done
     rows+=("$(measure "snapdelta-qcow2-no-digest" "$bin" export --base "$base" "$target" -o out.q --output-type qcow2 --no-digest)")
+    # The write limit of that overlay: copying as many bytes from the
+    # page cache to a new file on the same disk, synced.
+    "$bin" export --base "$base" "$target" -o out.size.qcow2 --output-type qcow2 > /dev/null
+    bytes=$(stat -c %s out.size.qcow2); rm -f out.size.qcow2
+    rows+=("$(measure "write-limit(qcow2-bytes)" dd if="$target" of=out.w bs=8M count="$bytes" iflag=count_bytes conv=fsync status=none)")
     fi
     command -v b3sum > /dev/null && rows+=("$(measure "b3sum-target" b3sum "$target")")
     for bs in 64K 4K; do
