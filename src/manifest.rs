@@ -557,6 +557,8 @@ pub fn write_manifest<W: Write>(
     };
     let mut writer = ManifestWriter::new(out, header)?;
     let scan = scan_blocks::<io::Empty, W>(image, block_size, None, Some(&mut writer), progress)?;
+    // A manifest mixing two states of the image gets no end record.
+    image.check_unchanged()?;
     writer.finish(&scan.digest)
 }
 
@@ -576,6 +578,7 @@ pub fn verify_image<R: Read>(
         )));
     }
     let scan = scan_blocks::<R, io::Sink>(image, h.block_size, Some(manifest), None, progress)?;
+    image.check_unchanged()?;
     if let Some(first) = scan.map.extents.first() {
         return Err(Error::Mismatch(format!(
             "the base differs from the manifest at byte {} (in its block of {} bytes)",

@@ -146,3 +146,35 @@ fn a_target_changed_during_streaming_fails_the_export() {
         }
     }
 }
+
+/// An image rewritten while its manifest is written: the manifest gets no
+/// end record and the call fails naming the image.
+#[test]
+fn an_image_changed_while_its_manifest_is_written_fails() {
+    use snapdelta::manifest::ManifestReader;
+    let d = tempfile::tempdir().unwrap();
+    let (_, t) = images(d.path());
+    let image = Image::open(&t).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&t).unwrap();
+    let mut changed = false;
+    let mut out = Vec::new();
+    let err = snapdelta::write_manifest(
+        &image.source(),
+        BlockSize::new(65536).unwrap(),
+        &mut out,
+        &mut |done| {
+            // Once hashing is under way, rewrite a block far behind it.
+            if done > 0 && !changed {
+                std::thread::sleep(Duration::from_millis(20));
+                f.write_all_at(&[0xEE; 4096], 0).unwrap();
+                changed = true;
+            }
+        },
+    )
+    .expect_err("the image changed")
+    .to_string();
+    assert!(changed);
+    assert!(err.contains("target.img") && err.contains("changed"), "{err}");
+    let mut reader = ManifestReader::new(out.as_slice()).unwrap();
+    assert!(reader.finish().is_err(), "the manifest has an end record");
+}
