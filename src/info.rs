@@ -38,7 +38,9 @@ pub struct ExportInfo {
     pub data_bytes: u64,
     /// Bytes in zero extents.
     pub zero_bytes: u64,
-    /// Payload bytes stored (after compression).
+    /// Bytes of changed data the export stores: the payloads after
+    /// compression (extent-list), the changed ranges of the data file (raw
+    /// sparse), the whole file (qcow2), the written data (rbd diff).
     pub stored_bytes: u64,
     /// BLAKE3 of the base, in hex, when recorded.
     pub base_digest: Option<String>,
@@ -230,7 +232,12 @@ fn read_raw_sparse(path: &Path) -> Result<ExportInfo> {
         raw_sparse::read_range(&data, path, offset, &mut buf, crc)
     })?;
     let t = reader.trailer().expect("set after the last record");
-    Ok(list_info("RAW_SPARSE", reader.header(), t, extents))
+    let info = list_info("RAW_SPARSE", reader.header(), t, extents);
+    // The data file holds every changed byte, uncompressed, at its offset.
+    Ok(ExportInfo {
+        stored_bytes: info.data_bytes,
+        ..info
+    })
 }
 
 /// Describes a qcow2 overlay: its allocated clusters as data extents, its

@@ -613,12 +613,15 @@ pub fn export_with_manifest<R: Read, W: Write>(
     let started = Instant::now();
     let h = *base.header();
     if h.block_size != options.block_size {
-        return Err(Error::Mismatch(format!(
-            "the manifest's blocks are {}, the export's {}: leave out --block-size, or give {}",
-            h.block_size,
-            options.block_size,
-            h.block_size.get()
-        )));
+        return Err(Error::invalid(
+            "block-size",
+            format!(
+                "the manifest's blocks are {}, the export's {}: leave out --block-size, or give {}",
+                h.block_size,
+                options.block_size,
+                h.block_size.get()
+            ),
+        ));
     }
     let source = target.source();
     let total = source.len();

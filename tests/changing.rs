@@ -174,7 +174,10 @@ fn an_image_changed_while_its_manifest_is_written_fails() {
     .expect_err("the image changed")
     .to_string();
     assert!(changed);
-    assert!(err.contains("target.img") && err.contains("changed"), "{err}");
+    assert!(
+        err.contains("target.img") && err.contains("changed"),
+        "{err}"
+    );
     let mut reader = ManifestReader::new(out.as_slice()).unwrap();
     assert!(reader.finish().is_err(), "the manifest has an end record");
 }

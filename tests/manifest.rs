@@ -570,7 +570,8 @@ fn truncated_and_corrupted_manifests_are_refused() {
 #[test]
 fn a_manifest_of_another_block_size_is_refused() {
     let d = refusal_setup();
-    let err = fails(
+    // A usage error (exit 2): the options do not fit together.
+    let out = run(
         d.path(),
         &[
             "export",
@@ -583,6 +584,8 @@ fn a_manifest_of_another_block_size_is_refused() {
             "64K",
         ],
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("4 KiB") && err.contains("give 4096"), "{err}");
     assert!(!d.path().join("out.sdx").exists());
 }
