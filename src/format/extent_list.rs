@@ -707,7 +707,7 @@ impl<R: Read> ExtentListReader<R> {
                 format!("{kind} record at {offset} has length 0"),
             ));
         }
-        if offset % bs != 0 || (length % bs != 0 && end != h.target_size) {
+        if !offset.is_multiple_of(bs) || (!length.is_multiple_of(bs) && end != h.target_size) {
             return Err(corrupt(
                 at,
                 format!("{kind} record {offset}+{length} is not aligned to the block size {bs}"),

@@ -215,7 +215,7 @@ impl Qcow2Reader {
             ));
         }
         if l1_size > 0
-            && (l1_offset % cs != 0
+            && (!l1_offset.is_multiple_of(cs)
                 || l1_offset == 0
                 || l1_offset
                     .checked_add(l1_size * 8)
@@ -240,7 +240,7 @@ impl Qcow2Reader {
                 return Err(corrupt(at, format!("L1 entry {i} has reserved bits set")));
             }
             let l2 = e & OFFSET_MASK;
-            if l2 != 0 && (l2 % cs != 0 || l2 + cs > file_size) {
+            if l2 != 0 && (!l2.is_multiple_of(cs) || l2 + cs > file_size) {
                 return Err(corrupt(
                     at,
                     format!("L1 entry {i} points to {l2}, unaligned or past the end of the file"),
@@ -353,7 +353,7 @@ impl Qcow2Reader {
                     return Err(corrupt(at, "L2 entry has reserved bits set"));
                 }
                 let host = e & OFFSET_MASK;
-                if host != 0 && (host % cs != 0 || host + cs > self.file_size) {
+                if host != 0 && (!host.is_multiple_of(cs) || host + cs > self.file_size) {
                     return Err(corrupt(
                         at,
                         format!("data cluster at {host} is unaligned or past the end of the file"),
