@@ -284,9 +284,15 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
 
 /// Refuses an output that is an input under another name: the export
 /// would replace the image it is read from.
+///
+/// The output is looked at itself, its final symbolic link not followed:
+/// an output takes its name by a rename, which replaces a link there and
+/// leaves what it leads to alone, so a link to an input is no danger to
+/// it. The input is followed, as it is read. A hard link to an input (or
+/// the input's own name) is refused.
 pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(o), Ok(i)) = (std::fs::metadata(output), std::fs::metadata(input)) else {
+    let (Ok(o), Ok(i)) = (std::fs::symlink_metadata(output), std::fs::metadata(input)) else {
         return Ok(());
     };
     if (o.dev(), o.ino()) == (i.dev(), i.ino()) {

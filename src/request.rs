@@ -15,8 +15,9 @@
 use crate::crypt::{sha256_base64, CustomerKey, KeyUnwrapper};
 use crate::error::Error;
 use crate::export::{Phase, Progress};
+use crate::format::raw_sparse::map_path;
 use crate::format::OutputType;
-use crate::job::{run_export, ExportJob};
+use crate::job::{refuse_same_file, run_export, ExportJob};
 use crate::operation::{ExportStats, Operation, Status, Warning, WarningData};
 use crate::output::AtomicFile;
 use base64::Engine;
@@ -507,6 +508,27 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
         };
         refuse(codes::INVALID_FIELD_VALUE, location, message)
     })?;
+    // A symbolic link at the object's name (or its map's) is replaced by
+    // the rename that names the object, whatever it leads to. A hard link
+    // to an image the export reads is that image: refused here, with the
+    // snapshot's name rather than its path.
+    let mut outputs = vec![(object_name.to_string(), object.clone())];
+    if output_type == OutputType::RawSparse {
+        outputs.push((format!("{object_name}.map"), map_path(&object)));
+    }
+    let images =
+        std::iter::once((target_name, &target)).chain(base.as_ref().map(|b| (b.0.as_str(), &b.1)));
+    for (shown, path) in &outputs {
+        for (name, image) in images.clone() {
+            if refuse_same_file(path, image).is_err() {
+                return Err(refuse(
+                    codes::INVALID_FIELD_VALUE,
+                    "exportParams.objectName",
+                    format!("{shown:?} in the bucket is the image of the snapshot {name} (a hard link to it); choose another objectName"),
+                ));
+            }
+        }
+    }
 
     let key = match params.get("encryptionKey") {
         None => None,

@@ -192,6 +192,17 @@ fn every_rule_answers_its_code_and_location() {
     std::fs::create_dir(env.path().join("outside")).unwrap();
     std::os::unix::fs::symlink("../outside", env.path().join("buckets/evil")).unwrap();
     std::fs::create_dir(env.path().join("buckets/bkt/adir")).unwrap();
+    // Hard links to inputs at an object name, and at a raw sparse map's.
+    std::fs::hard_link(
+        env.path().join("snaps/s2.img"),
+        env.path().join("buckets/bkt/hard"),
+    )
+    .unwrap();
+    std::fs::hard_link(
+        env.path().join("snaps/s1.img"),
+        env.path().join("buckets/bkt/hard.raw.map"),
+    )
+    .unwrap();
 
     let with = |f: &dyn Fn(&mut Value)| {
         let mut v = params("obj.sdx");
@@ -251,6 +262,8 @@ fn every_rule_answers_its_code_and_location() {
         ("no outputType", "s2", drop("outputType"), &[], "REQUIRED_FIELD_MISSING", format!("{ep}outputType")),
         ("outputType INVALID", "s2", p("outputType", json!("INVALID")), &[], "INVALID_FIELD_VALUE", format!("{ep}outputType")),
         ("unknown outputType", "s2", p("outputType", json!("TARBALL")), &[], "INVALID_FIELD_VALUE", format!("{ep}outputType")),
+        ("objectName a hard link to the target", "s2", params("hard"), &[], "INVALID_FIELD_VALUE", format!("{ep}objectName")),
+        ("raw sparse map a hard link to the base", "s2", params("hard.raw").tap(|v| v["exportParams"]["outputType"] = json!("RAW_SPARSE")), &[], "INVALID_FIELD_VALUE", format!("{ep}objectName")),
         ("requestId not a UUID", "s2", params("obj.sdx"), &["--request-id", "not-a-uuid"], "INVALID_FIELD_VALUE", "requestId".into()),
         ("requestId without hyphens", "s2", params("obj.sdx"), &["--request-id", "3f1c2a8e6a5b4a4f9d7e0c1b2a3d4e5f"], "INVALID_FIELD_VALUE", "requestId".into()),
         ("zero requestId", "s2", params("obj.sdx"), &["--request-id", "00000000-0000-0000-0000-000000000000"], "INVALID_FIELD_VALUE", "requestId".into()),
@@ -447,6 +460,56 @@ fn a_planted_link_at_the_object_name_is_replaced_never_followed() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(answer["warnings"][0]["code"], "OBJECT_REPLACED");
     validate(&[answer]);
+}
+
+/// A link at the object name (or at a raw sparse map's) that leads to a
+/// snapshot's image is replaced like any other link: the export neither
+/// refuses it as the image itself nor writes through it.
+#[test]
+fn a_planted_link_to_an_input_is_replaced_and_the_input_kept() {
+    let env = Env::new();
+    let snaps = env.path().join("snaps");
+    let bkt = env.path().join("buckets/bkt");
+    let inputs = [snaps.join("s1.img"), snaps.join("s2.img")];
+    let kept: Vec<Vec<u8>> = inputs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    std::os::unix::fs::symlink(&inputs[1], bkt.join("to-target")).unwrap();
+    std::os::unix::fs::symlink(&inputs[0], bkt.join("to-base")).unwrap();
+    std::os::unix::fs::symlink(&inputs[1], bkt.join("r.raw")).unwrap();
+    std::os::unix::fs::symlink(&inputs[0], bkt.join("r.raw.map")).unwrap();
+    let raw = params("r.raw").tap(|v| v["exportParams"]["outputType"] = json!("RAW_SPARSE"));
+    let mut answers = Vec::new();
+    for (body, names) in [
+        (params("to-target"), &["to-target"][..]),
+        (params("to-base"), &["to-base"]),
+        (raw, &["r.raw", "r.raw.map"]),
+    ] {
+        let (answer, rc) = env.request("s2", &body, &[]);
+        assert_eq!(rc, 0, "{names:?}: {answer}");
+        assert_eq!(answer["warnings"][0]["code"], "OBJECT_REPLACED");
+        for name in names {
+            let meta = bkt.join(name).symlink_metadata().unwrap();
+            assert!(meta.is_file(), "{name} is still a link");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        for (input, bytes) in inputs.iter().zip(&kept) {
+            assert!(input.symlink_metadata().unwrap().is_file());
+            assert_eq!(&std::fs::read(input).unwrap(), bytes, "{names:?}");
+        }
+        answers.push(answer);
+    }
+    ok(
+        env.path(),
+        &[
+            "apply",
+            "--base",
+            "snaps/s1.img",
+            "buckets/bkt/to-target",
+            "-o",
+            "r.img",
+        ],
+    );
+    assert_eq!(std::fs::read(env.path().join("r.img")).unwrap(), kept[1]);
+    validate(&answers);
 }
 
 #[test]
