@@ -42,7 +42,7 @@ pub mod codes {
     pub const FIELD_VALUE_TOO_LONG: &str = "FIELD_VALUE_TOO_LONG";
     /// The request names a field the API does not have.
     pub const UNKNOWN_FIELD: &str = "UNKNOWN_FIELD";
-    /// The request body is not a JSON object.
+    /// The request body is not a JSON object, or gives a field twice.
     pub const INVALID_REQUEST_BODY: &str = "INVALID_REQUEST_BODY";
     /// A snapshot or bucket does not exist.
     pub const RESOURCE_NOT_FOUND: &str = "RESOURCE_NOT_FOUND";
@@ -379,12 +379,17 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
             format!("the request body is over {MAX_BODY} bytes"),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        refuse(
+    let value = parse_body(body).map_err(|e| match e {
+        BodyError::Repeated { location, error } => refuse(
+            codes::INVALID_REQUEST_BODY,
+            &location,
+            format!("the request body gives {location} more than once: {error}"),
+        ),
+        BodyError::Json(e) => refuse(
             codes::INVALID_REQUEST_BODY,
             "exportParams",
             format!("the request body is not JSON: {e}"),
-        )
+        ),
     })?;
     let top = object(&value, "request body")?;
     only_fields(top, &["exportParams"], "")?;
@@ -595,6 +600,145 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
         output_type,
         key,
     })
+}
+
+/// Why a request body is not read.
+enum BodyError {
+    /// An object of the body has a field twice; `location` names it as
+    /// the Operation's error does (`exportParams.objectName`).
+    Repeated {
+        location: String,
+        error: serde_json::Error,
+    },
+    /// The body is not JSON.
+    Json(serde_json::Error),
+}
+
+/// Reads a request body as a JSON value, refusing an object that has a
+/// field twice, at any depth.
+///
+/// `serde_json::Value` keeps the last of repeated fields, other readers
+/// the first: a request whose validation (by whoever reads it first) and
+/// execution can see different values is answered as neither. The
+/// snapshot metadata is read into a struct, which refuses repeated
+/// fields too.
+fn parse_body(body: &[u8]) -> std::result::Result<Value, BodyError> {
+    let repeated = std::cell::Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = UniqueFields {
+        path: "",
+        repeated: &repeated,
+    };
+    let result = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    result.map_err(|error| match repeated.take() {
+        Some(location) => BodyError::Repeated { location, error },
+        None => BodyError::Json(error),
+    })
+}
+
+/// Builds a JSON value like `serde_json::Value`'s own deserializer, but
+/// fails on a field given twice in one object, leaving the field's
+/// location in `repeated`.
+struct UniqueFields<'a> {
+    /// Where the value being read is: `""` for the body, then field names
+    /// joined by `.` and array indexes in brackets.
+    path: &'a str,
+    repeated: &'a std::cell::Cell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueFields<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueFields<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.path, items.len());
+            let seed = UniqueFields {
+                path: &path,
+                repeated: self.repeated,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut fields = Map::new();
+        // Keys arrive unescaped: `"a"` and `"\u0061"` are one field.
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if fields.contains_key(&key) {
+                self.repeated.set(Some(path));
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate field `{key}`"
+                )));
+            }
+            let value = map.next_value_seed(UniqueFields {
+                path: &path,
+                repeated: self.repeated,
+            })?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 fn object<'v>(value: &'v Value, what: &str) -> Checked<&'v Map<String, Value>> {
@@ -873,8 +1017,10 @@ fn fingerprint(target: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update((target.len() as u64).to_le_bytes());
     h.update(target.as_bytes());
-    // A body that is JSON is compared by its value, not its spelling.
-    match serde_json::from_slice::<Value>(body) {
+    // A body that is JSON is compared by its value, not its spelling. One
+    // that repeats a field has no single value: it counts by its bytes, so
+    // that it is not the same request as either of its readings.
+    match parse_body(body) {
         Ok(v) => h.update(serde_json::to_vec(&v).expect("a value serializes")),
         Err(_) => h.update(body),
     }
@@ -969,6 +1115,53 @@ mod tests {
             last = p;
         }
         assert_eq!(last, 99);
+    }
+
+    #[test]
+    fn a_body_reads_as_serde_json_reads_it() {
+        for text in [
+            r#"{"exportParams": {"objectName": "o", "n": [1, -2, 2.5, true, null, {}, []]}}"#,
+            r#""a string""#,
+            "[]",
+            "18446744073709551615",
+        ] {
+            let value = parse_body(text.as_bytes()).unwrap_or_else(|_| panic!("{text}"));
+            assert_eq!(
+                value,
+                serde_json::from_str::<Value>(text).unwrap(),
+                "{text}"
+            );
+        }
+        for text in ["", "{", "{} {}", r#"{"a": 1,}"#] {
+            assert!(
+                matches!(parse_body(text.as_bytes()), Err(BodyError::Json(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_with_its_location() {
+        for (text, location) in [
+            (r#"{"a": 1, "a": 1}"#, "a"),
+            (r#"{"a": {"b": 1, "c": 2, "b": 3}}"#, "a.b"),
+            (r#"{"a": [{"b": 1}, {"c": 1, "c": 2}]}"#, "a[1].c"),
+            (r#"{"a": {"b": 1}, "a": {"b": 1}}"#, "a"),
+            (r#"{"ab": 1, "a\u0062": 2}"#, "ab"),
+        ] {
+            match parse_body(text.as_bytes()) {
+                Err(BodyError::Repeated { location: l, .. }) => assert_eq!(l, location, "{text}"),
+                _ => panic!("{text} read"),
+            }
+        }
+        // Such a body is not the same request as either of its readings.
+        let twice = br#"{"a": 1, "a": 2}"#;
+        assert_ne!(fingerprint("t", twice), fingerprint("t", br#"{"a": 2}"#));
+        assert_ne!(fingerprint("t", twice), fingerprint("t", br#"{"a": 1}"#));
+        assert_eq!(
+            fingerprint("t", br#"{"a": 1, "b": 2}"#),
+            fingerprint("t", br#"{ "b": 2, "a": 1 }"#)
+        );
     }
 
     #[test]

@@ -279,15 +279,37 @@ fn every_rule_answers_its_code_and_location() {
         ("sha256 not the key's", "s7", keyed(json!({"rawKey": KEY, "sha256": "AAAA"}), "METADATA_AND_DATA", "s6"), &[], "KEY_MISMATCH", format!("{ep}encryptionKey.sha256")),
         ("key with a type that cannot carry it", "s7", keyed(json!({"rawKey": KEY}), "RAW_SPARSE", "s6"), &[], "ENCRYPTION_NOT_SUPPORTED", format!("{ep}outputType")),
     ];
+    // Bodies JSON cannot hold as a value: a key given twice, at any depth
+    // (also when spelt with an escape), whichever value comes first.
+    let dup = |inner: &str| {
+        format!(
+            r#"{{"exportParams": {{"baseInstantSnapshot": "s1", "bucketName": "bkt", "outputType": "METADATA_AND_DATA", {inner}}}}}"#
+        )
+    };
+    let keyed_dup = |key: &str| {
+        format!(
+            r#"{{"exportParams": {{"baseInstantSnapshot": "s6", "bucketName": "bkt", "objectName": "obj.sdx", "outputType": "METADATA_AND_DATA", "encryptionKey": {key}}}}}"#
+        )
+    };
+    let body_error = "INVALID_REQUEST_BODY";
+    #[rustfmt::skip]
+    let raw_cases: Vec<(&str, &str, String, &str, String)> = vec![
+        ("objectName twice, the bad one first", "s2", dup(r#""objectName": "../y", "objectName": "dup.sdx""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, the bad one last", "s2", dup(r#""objectName": "dup.sdx", "objectName": "../y""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, same value", "s2", dup(r#""objectName": "dup.sdx", "objectName": "dup.sdx""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, once escaped", "s2", dup(r#""objectName": "dup.sdx", "object\u004eame": "dup2.sdx""#), body_error, format!("{ep}objectName")),
+        ("exportParams twice", "s2", format!(r#"{{"exportParams": {{}}, "exportParams": {}}}"#, params("dup.sdx")["exportParams"]), body_error, "exportParams".into()),
+        ("duplicate in an unknown field", "s2", dup(r#""objectName": "dup.sdx", "colour": {"a": 1, "a": 2}"#), body_error, format!("{ep}colour.a")),
+        ("encryptionKey twice", "s7", keyed_dup(&format!(r#"{{"rawKey": "{KEY}"}}, "encryptionKey": {{"rawKey": "{KEY}"}}"#)), body_error, format!("{ep}encryptionKey")),
+        ("rawKey twice", "s7", keyed_dup(&format!(r#"{{"rawKey": "{OTHER_KEY}", "rawKey": "{KEY}"}}"#)), body_error, format!("{ep}encryptionKey.rawKey")),
+    ];
     let before = env.listing();
-    let mut answers = Vec::new();
-    for (what, target, body, extra, code, location) in &cases {
-        let (answer, rc) = env.request(target, body, extra);
+    let check = |what: &str, (answer, rc): (Value, i32), code: &str, location: &str| {
         assert_eq!(rc, 1, "{what}: exit code");
         assert_eq!(answer["status"], "DONE", "{what}");
         assert_eq!(
             error_of(&answer),
-            (code.to_string(), location.clone()),
+            (code.to_string(), location.to_string()),
             "{what}: {answer}"
         );
         assert!(
@@ -300,7 +322,26 @@ fn every_rule_answers_its_code_and_location() {
         assert!(answer.get("snapdeltaExport").is_none(), "{what}");
         // Nothing was created, in the bucket or outside it.
         assert_eq!(env.listing(), before, "{what}");
-        answers.push(answer);
+        answer
+    };
+    let mut answers = Vec::new();
+    for (what, target, body, extra, code, location) in &cases {
+        answers.push(check(
+            what,
+            env.request(target, body, extra),
+            code,
+            location,
+        ));
+    }
+    for (what, target, body, code, location) in &raw_cases {
+        let file = env.path().join("req.json");
+        std::fs::write(&file, body).unwrap();
+        answers.push(check(
+            what,
+            env.request_raw(target, &file, &[]),
+            code,
+            location,
+        ));
     }
     assert!(!env.path().join("escape").exists());
     validate(&answers);
