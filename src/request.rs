@@ -173,13 +173,16 @@ pub fn export_request(
     body: &[u8],
     progress: &mut dyn FnMut(&Operation),
 ) -> Operation {
+    // The Operation echoes the requestId as the request spelt it; its
+    // record is kept under the canonical (lower-case) form, so that the
+    // spellings of one UUID are one request.
     let mut op = Operation::new(target, request_id);
-    let Some(id) = request_id else {
+    let Some(sent) = request_id else {
         run(ctx, target, body, &mut op, progress);
         progress(&op);
         return op;
     };
-    let id = match parse_request_id(id) {
+    let id = match parse_request_id(sent) {
         Ok(id) => id,
         Err(r) => {
             op.fail(r.code, &r.location, r.message);
@@ -195,7 +198,9 @@ pub fn export_request(
         let record_path = state.join(format!("{id}.json"));
         if let Some(record) = read_record(&record_path)? {
             if record.fingerprint == fingerprint {
-                return Ok(record.operation);
+                let mut answer = record.operation;
+                answer.client_operation_id = Some(sent.to_string());
+                return Ok(answer);
             }
             op.fail(
                 codes::REQUEST_ID_CONFLICT,
@@ -347,7 +352,8 @@ fn percent(p: Progress) -> u8 {
 }
 
 fn parse_request_id(text: &str) -> Checked<uuid::Uuid> {
-    // The canonical 36-character form only (as the API documents it).
+    // The hyphenated 36-character form only (as the API documents it),
+    // its hexadecimal digits in either case.
     let id = (text.len() == 36)
         .then(|| uuid::Uuid::try_parse(text).ok())
         .flatten()

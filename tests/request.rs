@@ -644,6 +644,46 @@ fn a_replayed_request_id_returns_the_first_answer_without_exporting_again() {
     validate(&[first, other, failed]);
 }
 
+/// A requestId is a UUID, whatever the case of its hexadecimal digits:
+/// both spellings are one request, recorded once under the lower-case
+/// form, and each answer echoes the id as its request spelt it.
+#[test]
+fn a_request_id_in_upper_case_is_the_same_request_and_echoed_as_sent() {
+    let env = Env::new();
+    let upper = ID.to_uppercase();
+    let (first, rc) = env.request("s2", &params("once.sdx"), &["--request-id", &upper]);
+    assert_eq!(rc, 0, "{first}");
+    assert_eq!(first["clientOperationId"], upper.as_str());
+    let state = env.path().join("buckets/.snapdelta-requests");
+    assert!(state.join(format!("{ID}.json")).is_file());
+    // The lower-case spelling replays it without exporting again, and
+    // answers with its own spelling.
+    let object = env.path().join("buckets/bkt/once.sdx");
+    std::fs::remove_file(&object).unwrap();
+    let (lower, rc) = env.request("s2", &params("once.sdx"), &["--request-id", ID]);
+    assert_eq!(rc, 0);
+    assert_eq!(lower["clientOperationId"], ID);
+    assert_eq!(lower["id"], first["id"]);
+    assert_eq!(
+        lower.clone().tap(|v| v["clientOperationId"] = json!(upper)),
+        first
+    );
+    assert!(!object.exists(), "the replay exported again");
+    // A mixed spelling is the same id too: a conflict, echoed as sent.
+    let mixed = format!("{}{}", &upper[..18], &ID[18..]);
+    let (other, rc) = env.request("s2", &params("twice.sdx"), &["--request-id", &mixed]);
+    assert_eq!(rc, 1);
+    assert_eq!(error_of(&other).0, "REQUEST_ID_CONFLICT");
+    assert_eq!(other["clientOperationId"], mixed.as_str());
+    let records: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(records, [format!("{ID}.json")]);
+    validate(&[first, lower, other]);
+}
+
 #[test]
 fn two_processes_with_one_request_id_export_once() {
     let env = Env::new();
