@@ -282,6 +282,12 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
 /// name: the command would replace a file it reads or writes. Two paths
 /// are one file when they reach the same inode, or, where one of them
 /// does not exist yet, when they are the same name in the same directory.
+///
+/// The output is looked at itself, its final symbolic link not followed:
+/// an output takes its name by a rename, which replaces a link there and
+/// leaves what it leads to alone, so a link to an input is no danger to
+/// it. The input is followed, as it is read. A hard link to an input (or
+/// the input's own name) is refused.
 pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
     if same_file(output, input) {
         return Err(Error::invalid(
@@ -296,9 +302,12 @@ pub fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
     Ok(())
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+/// Whether `output` (its final link not followed) and `input` are one
+/// file; see [`refuse_same_file`].
+fn same_file(output: &Path, input: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+    let (a, b) = (output, input);
+    if let (Ok(x), Ok(y)) = (std::fs::symlink_metadata(a), std::fs::metadata(b)) {
         return (x.dev(), x.ino()) == (y.dev(), y.ino());
     }
     // The directory, resolved, and the name in it.

@@ -15,8 +15,9 @@
 use crate::crypt::{sha256_base64, CustomerKey, KeyUnwrapper};
 use crate::error::Error;
 use crate::export::{Phase, Progress};
+use crate::format::raw_sparse::map_path;
 use crate::format::OutputType;
-use crate::job::{run_export, ExportJob};
+use crate::job::{refuse_same_file, run_export, ExportJob};
 use crate::operation::{ExportStats, Operation, Status, Warning, WarningData};
 use crate::output::AtomicFile;
 use base64::Engine;
@@ -41,7 +42,7 @@ pub mod codes {
     pub const FIELD_VALUE_TOO_LONG: &str = "FIELD_VALUE_TOO_LONG";
     /// The request names a field the API does not have.
     pub const UNKNOWN_FIELD: &str = "UNKNOWN_FIELD";
-    /// The request body is not a JSON object.
+    /// The request body is not a JSON object, or gives a field twice.
     pub const INVALID_REQUEST_BODY: &str = "INVALID_REQUEST_BODY";
     /// A snapshot or bucket does not exist.
     pub const RESOURCE_NOT_FOUND: &str = "RESOURCE_NOT_FOUND";
@@ -172,13 +173,16 @@ pub fn export_request(
     body: &[u8],
     progress: &mut dyn FnMut(&Operation),
 ) -> Operation {
+    // The Operation echoes the requestId as the request spelt it; its
+    // record is kept under the canonical (lower-case) form, so that the
+    // spellings of one UUID are one request.
     let mut op = Operation::new(target, request_id);
-    let Some(id) = request_id else {
+    let Some(sent) = request_id else {
         run(ctx, target, body, &mut op, progress);
         progress(&op);
         return op;
     };
-    let id = match parse_request_id(id) {
+    let id = match parse_request_id(sent) {
         Ok(id) => id,
         Err(r) => {
             op.fail(r.code, &r.location, r.message);
@@ -194,7 +198,9 @@ pub fn export_request(
         let record_path = state.join(format!("{id}.json"));
         if let Some(record) = read_record(&record_path)? {
             if record.fingerprint == fingerprint {
-                return Ok(record.operation);
+                let mut answer = record.operation;
+                answer.client_operation_id = Some(sent.to_string());
+                return Ok(answer);
             }
             op.fail(
                 codes::REQUEST_ID_CONFLICT,
@@ -346,7 +352,8 @@ fn percent(p: Progress) -> u8 {
 }
 
 fn parse_request_id(text: &str) -> Checked<uuid::Uuid> {
-    // The canonical 36-character form only (as the API documents it).
+    // The hyphenated 36-character form only (as the API documents it),
+    // its hexadecimal digits in either case.
     let id = (text.len() == 36)
         .then(|| uuid::Uuid::try_parse(text).ok())
         .flatten()
@@ -378,12 +385,17 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
             format!("the request body is over {MAX_BODY} bytes"),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        refuse(
+    let value = parse_body(body).map_err(|e| match e {
+        BodyError::Repeated { location, error } => refuse(
+            codes::INVALID_REQUEST_BODY,
+            &location,
+            format!("the request body gives {location} more than once: {error}"),
+        ),
+        BodyError::Json(e) => refuse(
             codes::INVALID_REQUEST_BODY,
             "exportParams",
             format!("the request body is not JSON: {e}"),
-        )
+        ),
     })?;
     let top = object(&value, "request body")?;
     only_fields(top, &["exportParams"], "")?;
@@ -507,6 +519,27 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
         };
         refuse(codes::INVALID_FIELD_VALUE, location, message)
     })?;
+    // A symbolic link at the object's name (or its map's) is replaced by
+    // the rename that names the object, whatever it leads to. A hard link
+    // to an image the export reads is that image: refused here, with the
+    // snapshot's name rather than its path.
+    let mut outputs = vec![(object_name.to_string(), object.clone())];
+    if output_type == OutputType::RawSparse {
+        outputs.push((format!("{object_name}.map"), map_path(&object)));
+    }
+    let images =
+        std::iter::once((target_name, &target)).chain(base.as_ref().map(|b| (b.0.as_str(), &b.1)));
+    for (shown, path) in &outputs {
+        for (name, image) in images.clone() {
+            if refuse_same_file(path, image).is_err() {
+                return Err(refuse(
+                    codes::INVALID_FIELD_VALUE,
+                    "exportParams.objectName",
+                    format!("{shown:?} in the bucket is the image of the snapshot {name} (a hard link to it); choose another objectName"),
+                ));
+            }
+        }
+    }
 
     let key = match params.get("encryptionKey") {
         None => None,
@@ -573,6 +606,145 @@ fn check(ctx: &RequestContext<'_>, target_name: &str, body: &[u8]) -> Checked<Pl
         output_type,
         key,
     })
+}
+
+/// Why a request body is not read.
+enum BodyError {
+    /// An object of the body has a field twice; `location` names it as
+    /// the Operation's error does (`exportParams.objectName`).
+    Repeated {
+        location: String,
+        error: serde_json::Error,
+    },
+    /// The body is not JSON.
+    Json(serde_json::Error),
+}
+
+/// Reads a request body as a JSON value, refusing an object that has a
+/// field twice, at any depth.
+///
+/// `serde_json::Value` keeps the last of repeated fields, other readers
+/// the first: a request whose validation (by whoever reads it first) and
+/// execution can see different values is answered as neither. The
+/// snapshot metadata is read into a struct, which refuses repeated
+/// fields too.
+fn parse_body(body: &[u8]) -> std::result::Result<Value, BodyError> {
+    let repeated = std::cell::Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = UniqueFields {
+        path: "",
+        repeated: &repeated,
+    };
+    let result = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    result.map_err(|error| match repeated.take() {
+        Some(location) => BodyError::Repeated { location, error },
+        None => BodyError::Json(error),
+    })
+}
+
+/// Builds a JSON value like `serde_json::Value`'s own deserializer, but
+/// fails on a field given twice in one object, leaving the field's
+/// location in `repeated`.
+struct UniqueFields<'a> {
+    /// Where the value being read is: `""` for the body, then field names
+    /// joined by `.` and array indexes in brackets.
+    path: &'a str,
+    repeated: &'a std::cell::Cell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueFields<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueFields<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.path, items.len());
+            let seed = UniqueFields {
+                path: &path,
+                repeated: self.repeated,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut fields = Map::new();
+        // Keys arrive unescaped: `"a"` and `"\u0061"` are one field.
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if fields.contains_key(&key) {
+                self.repeated.set(Some(path));
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate field `{key}`"
+                )));
+            }
+            let value = map.next_value_seed(UniqueFields {
+                path: &path,
+                repeated: self.repeated,
+            })?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 fn object<'v>(value: &'v Value, what: &str) -> Checked<&'v Map<String, Value>> {
@@ -851,8 +1023,10 @@ fn fingerprint(target: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update((target.len() as u64).to_le_bytes());
     h.update(target.as_bytes());
-    // A body that is JSON is compared by its value, not its spelling.
-    match serde_json::from_slice::<Value>(body) {
+    // A body that is JSON is compared by its value, not its spelling. One
+    // that repeats a field has no single value: it counts by its bytes, so
+    // that it is not the same request as either of its readings.
+    match parse_body(body) {
         Ok(v) => h.update(serde_json::to_vec(&v).expect("a value serializes")),
         Err(_) => h.update(body),
     }
@@ -947,6 +1121,53 @@ mod tests {
             last = p;
         }
         assert_eq!(last, 99);
+    }
+
+    #[test]
+    fn a_body_reads_as_serde_json_reads_it() {
+        for text in [
+            r#"{"exportParams": {"objectName": "o", "n": [1, -2, 2.5, true, null, {}, []]}}"#,
+            r#""a string""#,
+            "[]",
+            "18446744073709551615",
+        ] {
+            let value = parse_body(text.as_bytes()).unwrap_or_else(|_| panic!("{text}"));
+            assert_eq!(
+                value,
+                serde_json::from_str::<Value>(text).unwrap(),
+                "{text}"
+            );
+        }
+        for text in ["", "{", "{} {}", r#"{"a": 1,}"#] {
+            assert!(
+                matches!(parse_body(text.as_bytes()), Err(BodyError::Json(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_with_its_location() {
+        for (text, location) in [
+            (r#"{"a": 1, "a": 1}"#, "a"),
+            (r#"{"a": {"b": 1, "c": 2, "b": 3}}"#, "a.b"),
+            (r#"{"a": [{"b": 1}, {"c": 1, "c": 2}]}"#, "a[1].c"),
+            (r#"{"a": {"b": 1}, "a": {"b": 1}}"#, "a"),
+            (r#"{"ab": 1, "a\u0062": 2}"#, "ab"),
+        ] {
+            match parse_body(text.as_bytes()) {
+                Err(BodyError::Repeated { location: l, .. }) => assert_eq!(l, location, "{text}"),
+                _ => panic!("{text} read"),
+            }
+        }
+        // Such a body is not the same request as either of its readings.
+        let twice = br#"{"a": 1, "a": 2}"#;
+        assert_ne!(fingerprint("t", twice), fingerprint("t", br#"{"a": 2}"#));
+        assert_ne!(fingerprint("t", twice), fingerprint("t", br#"{"a": 1}"#));
+        assert_eq!(
+            fingerprint("t", br#"{"a": 1, "b": 2}"#),
+            fingerprint("t", br#"{ "b": 2, "a": 1 }"#)
+        );
     }
 
     #[test]

@@ -192,6 +192,17 @@ fn every_rule_answers_its_code_and_location() {
     std::fs::create_dir(env.path().join("outside")).unwrap();
     std::os::unix::fs::symlink("../outside", env.path().join("buckets/evil")).unwrap();
     std::fs::create_dir(env.path().join("buckets/bkt/adir")).unwrap();
+    // Hard links to inputs at an object name, and at a raw sparse map's.
+    std::fs::hard_link(
+        env.path().join("snaps/s2.img"),
+        env.path().join("buckets/bkt/hard"),
+    )
+    .unwrap();
+    std::fs::hard_link(
+        env.path().join("snaps/s1.img"),
+        env.path().join("buckets/bkt/hard.raw.map"),
+    )
+    .unwrap();
 
     let with = |f: &dyn Fn(&mut Value)| {
         let mut v = params("obj.sdx");
@@ -251,6 +262,8 @@ fn every_rule_answers_its_code_and_location() {
         ("no outputType", "s2", drop("outputType"), &[], "REQUIRED_FIELD_MISSING", format!("{ep}outputType")),
         ("outputType INVALID", "s2", p("outputType", json!("INVALID")), &[], "INVALID_FIELD_VALUE", format!("{ep}outputType")),
         ("unknown outputType", "s2", p("outputType", json!("TARBALL")), &[], "INVALID_FIELD_VALUE", format!("{ep}outputType")),
+        ("objectName a hard link to the target", "s2", params("hard"), &[], "INVALID_FIELD_VALUE", format!("{ep}objectName")),
+        ("raw sparse map a hard link to the base", "s2", params("hard.raw").tap(|v| v["exportParams"]["outputType"] = json!("RAW_SPARSE")), &[], "INVALID_FIELD_VALUE", format!("{ep}objectName")),
         ("requestId not a UUID", "s2", params("obj.sdx"), &["--request-id", "not-a-uuid"], "INVALID_FIELD_VALUE", "requestId".into()),
         ("requestId without hyphens", "s2", params("obj.sdx"), &["--request-id", "3f1c2a8e6a5b4a4f9d7e0c1b2a3d4e5f"], "INVALID_FIELD_VALUE", "requestId".into()),
         ("zero requestId", "s2", params("obj.sdx"), &["--request-id", "00000000-0000-0000-0000-000000000000"], "INVALID_FIELD_VALUE", "requestId".into()),
@@ -266,15 +279,37 @@ fn every_rule_answers_its_code_and_location() {
         ("sha256 not the key's", "s7", keyed(json!({"rawKey": KEY, "sha256": "AAAA"}), "METADATA_AND_DATA", "s6"), &[], "KEY_MISMATCH", format!("{ep}encryptionKey.sha256")),
         ("key with a type that cannot carry it", "s7", keyed(json!({"rawKey": KEY}), "RAW_SPARSE", "s6"), &[], "ENCRYPTION_NOT_SUPPORTED", format!("{ep}outputType")),
     ];
+    // Bodies JSON cannot hold as a value: a key given twice, at any depth
+    // (also when spelt with an escape), whichever value comes first.
+    let dup = |inner: &str| {
+        format!(
+            r#"{{"exportParams": {{"baseInstantSnapshot": "s1", "bucketName": "bkt", "outputType": "METADATA_AND_DATA", {inner}}}}}"#
+        )
+    };
+    let keyed_dup = |key: &str| {
+        format!(
+            r#"{{"exportParams": {{"baseInstantSnapshot": "s6", "bucketName": "bkt", "objectName": "obj.sdx", "outputType": "METADATA_AND_DATA", "encryptionKey": {key}}}}}"#
+        )
+    };
+    let body_error = "INVALID_REQUEST_BODY";
+    #[rustfmt::skip]
+    let raw_cases: Vec<(&str, &str, String, &str, String)> = vec![
+        ("objectName twice, the bad one first", "s2", dup(r#""objectName": "../y", "objectName": "dup.sdx""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, the bad one last", "s2", dup(r#""objectName": "dup.sdx", "objectName": "../y""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, same value", "s2", dup(r#""objectName": "dup.sdx", "objectName": "dup.sdx""#), body_error, format!("{ep}objectName")),
+        ("objectName twice, once escaped", "s2", dup(r#""objectName": "dup.sdx", "object\u004eame": "dup2.sdx""#), body_error, format!("{ep}objectName")),
+        ("exportParams twice", "s2", format!(r#"{{"exportParams": {{}}, "exportParams": {}}}"#, params("dup.sdx")["exportParams"]), body_error, "exportParams".into()),
+        ("duplicate in an unknown field", "s2", dup(r#""objectName": "dup.sdx", "colour": {"a": 1, "a": 2}"#), body_error, format!("{ep}colour.a")),
+        ("encryptionKey twice", "s7", keyed_dup(&format!(r#"{{"rawKey": "{KEY}"}}, "encryptionKey": {{"rawKey": "{KEY}"}}"#)), body_error, format!("{ep}encryptionKey")),
+        ("rawKey twice", "s7", keyed_dup(&format!(r#"{{"rawKey": "{OTHER_KEY}", "rawKey": "{KEY}"}}"#)), body_error, format!("{ep}encryptionKey.rawKey")),
+    ];
     let before = env.listing();
-    let mut answers = Vec::new();
-    for (what, target, body, extra, code, location) in &cases {
-        let (answer, rc) = env.request(target, body, extra);
+    let check = |what: &str, (answer, rc): (Value, i32), code: &str, location: &str| {
         assert_eq!(rc, 1, "{what}: exit code");
         assert_eq!(answer["status"], "DONE", "{what}");
         assert_eq!(
             error_of(&answer),
-            (code.to_string(), location.clone()),
+            (code.to_string(), location.to_string()),
             "{what}: {answer}"
         );
         assert!(
@@ -287,7 +322,26 @@ fn every_rule_answers_its_code_and_location() {
         assert!(answer.get("snapdeltaExport").is_none(), "{what}");
         // Nothing was created, in the bucket or outside it.
         assert_eq!(env.listing(), before, "{what}");
-        answers.push(answer);
+        answer
+    };
+    let mut answers = Vec::new();
+    for (what, target, body, extra, code, location) in &cases {
+        answers.push(check(
+            what,
+            env.request(target, body, extra),
+            code,
+            location,
+        ));
+    }
+    for (what, target, body, code, location) in &raw_cases {
+        let file = env.path().join("req.json");
+        std::fs::write(&file, body).unwrap();
+        answers.push(check(
+            what,
+            env.request_raw(target, &file, &[]),
+            code,
+            location,
+        ));
     }
     assert!(!env.path().join("escape").exists());
     validate(&answers);
@@ -449,6 +503,56 @@ fn a_planted_link_at_the_object_name_is_replaced_never_followed() {
     validate(&[answer]);
 }
 
+/// A link at the object name (or at a raw sparse map's) that leads to a
+/// snapshot's image is replaced like any other link: the export neither
+/// refuses it as the image itself nor writes through it.
+#[test]
+fn a_planted_link_to_an_input_is_replaced_and_the_input_kept() {
+    let env = Env::new();
+    let snaps = env.path().join("snaps");
+    let bkt = env.path().join("buckets/bkt");
+    let inputs = [snaps.join("s1.img"), snaps.join("s2.img")];
+    let kept: Vec<Vec<u8>> = inputs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    std::os::unix::fs::symlink(&inputs[1], bkt.join("to-target")).unwrap();
+    std::os::unix::fs::symlink(&inputs[0], bkt.join("to-base")).unwrap();
+    std::os::unix::fs::symlink(&inputs[1], bkt.join("r.raw")).unwrap();
+    std::os::unix::fs::symlink(&inputs[0], bkt.join("r.raw.map")).unwrap();
+    let raw = params("r.raw").tap(|v| v["exportParams"]["outputType"] = json!("RAW_SPARSE"));
+    let mut answers = Vec::new();
+    for (body, names) in [
+        (params("to-target"), &["to-target"][..]),
+        (params("to-base"), &["to-base"]),
+        (raw, &["r.raw", "r.raw.map"]),
+    ] {
+        let (answer, rc) = env.request("s2", &body, &[]);
+        assert_eq!(rc, 0, "{names:?}: {answer}");
+        assert_eq!(answer["warnings"][0]["code"], "OBJECT_REPLACED");
+        for name in names {
+            let meta = bkt.join(name).symlink_metadata().unwrap();
+            assert!(meta.is_file(), "{name} is still a link");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        for (input, bytes) in inputs.iter().zip(&kept) {
+            assert!(input.symlink_metadata().unwrap().is_file());
+            assert_eq!(&std::fs::read(input).unwrap(), bytes, "{names:?}");
+        }
+        answers.push(answer);
+    }
+    ok(
+        env.path(),
+        &[
+            "apply",
+            "--base",
+            "snaps/s1.img",
+            "buckets/bkt/to-target",
+            "-o",
+            "r.img",
+        ],
+    );
+    assert_eq!(std::fs::read(env.path().join("r.img")).unwrap(), kept[1]);
+    validate(&answers);
+}
+
 #[test]
 fn warnings_for_no_changes_and_a_shrunk_disk() {
     let env = Env::new();
@@ -538,6 +642,46 @@ fn a_replayed_request_id_returns_the_first_answer_without_exporting_again() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     validate(&[first, other, failed]);
+}
+
+/// A requestId is a UUID, whatever the case of its hexadecimal digits:
+/// both spellings are one request, recorded once under the lower-case
+/// form, and each answer echoes the id as its request spelt it.
+#[test]
+fn a_request_id_in_upper_case_is_the_same_request_and_echoed_as_sent() {
+    let env = Env::new();
+    let upper = ID.to_uppercase();
+    let (first, rc) = env.request("s2", &params("once.sdx"), &["--request-id", &upper]);
+    assert_eq!(rc, 0, "{first}");
+    assert_eq!(first["clientOperationId"], upper.as_str());
+    let state = env.path().join("buckets/.snapdelta-requests");
+    assert!(state.join(format!("{ID}.json")).is_file());
+    // The lower-case spelling replays it without exporting again, and
+    // answers with its own spelling.
+    let object = env.path().join("buckets/bkt/once.sdx");
+    std::fs::remove_file(&object).unwrap();
+    let (lower, rc) = env.request("s2", &params("once.sdx"), &["--request-id", ID]);
+    assert_eq!(rc, 0);
+    assert_eq!(lower["clientOperationId"], ID);
+    assert_eq!(lower["id"], first["id"]);
+    assert_eq!(
+        lower.clone().tap(|v| v["clientOperationId"] = json!(upper)),
+        first
+    );
+    assert!(!object.exists(), "the replay exported again");
+    // A mixed spelling is the same id too: a conflict, echoed as sent.
+    let mixed = format!("{}{}", &upper[..18], &ID[18..]);
+    let (other, rc) = env.request("s2", &params("twice.sdx"), &["--request-id", &mixed]);
+    assert_eq!(rc, 1);
+    assert_eq!(error_of(&other).0, "REQUEST_ID_CONFLICT");
+    assert_eq!(other["clientOperationId"], mixed.as_str());
+    let records: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(records, [format!("{ID}.json")]);
+    validate(&[first, lower, other]);
 }
 
 #[test]
