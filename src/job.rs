@@ -265,7 +265,10 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
     } else {
         let out = AtomicFile::create(output, job.force)?;
         let file = out.file().try_clone().map_err(|e| Error::io(output, e))?;
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(StreamingFile::new(file))))?;
+        let mut encoder = stream_encoder(Box::new(BufWriter::with_capacity(
+            WRITE_BUFFER,
+            StreamingFile::new(file),
+        )))?;
         let summary = run(encoder.as_mut())?;
         drop(encoder);
         out.commit()?;
@@ -349,3 +352,9 @@ fn refuse_stdout_input(inputs: &[&PathBuf]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes to an output file go out in pieces of up to this much: the
+/// kernel takes a few large writes much faster than many writes of one
+/// cluster or one record (measured: 1 GiB in 64 KiB writes costs about
+/// half as much again as in 1 MiB writes).
+const WRITE_BUFFER: usize = 1 << 20;
