@@ -234,7 +234,7 @@ pub fn run_export(job: &ExportJob, progress: &mut dyn FnMut(Progress)) -> Result
     let output = &job.output;
     let summary = if to_stdout {
         let stdout = std::io::stdout().lock();
-        let mut encoder = stream_encoder(Box::new(BufWriter::new(stdout)))?;
+        let mut encoder = stream_encoder(Box::new(BufWriter::with_capacity(WRITE_BUFFER, stdout)))?;
         run(encoder.as_mut())?
     } else if ty == OutputType::RawSparse {
         let map = map_path(output);
@@ -353,7 +353,7 @@ fn refuse_stdout_input(inputs: &[&PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Writes to an output file go out in pieces of up to this much: the
+/// Writes to an output go out in pieces of up to this much: the
 /// kernel takes a few large writes much faster than many writes of one
 /// cluster or one record (measured: 1 GiB in 64 KiB writes costs about
 /// half as much again as in 1 MiB writes).
