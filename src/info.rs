@@ -83,6 +83,13 @@ pub fn inspect_with_key(export: &ExportInput, key: Option<&CustomerKey>) -> Resu
                     refuse_unused_key(key, "the rbd diff")?;
                     read_rbd_diff(input)
                 }
+                None if input.get_ref().0.get_ref()[..] == crate::manifest::MAGIC => {
+                    Err(crate::Error::Unsupported(
+                        "standard input holds a block manifest, which info reads from a file: \
+                         give its path"
+                            .into(),
+                    ))
+                }
                 _ => read_list(input, key),
             }
         }

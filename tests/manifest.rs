@@ -786,3 +786,19 @@ fn manifest_outputs_are_private_atomic_and_checked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.join("x.sdx").exists() && !dir.join("x.qcow2").exists());
 }
+
+/// A manifest piped to `info` is named as a manifest (read from a file),
+/// not reported as a damaged export.
+#[test]
+fn info_names_a_manifest_on_standard_input() {
+    let d = refusal_setup();
+    let out = Command::new(bin())
+        .args(["info", "-"])
+        .current_dir(d.path())
+        .stdin(std::fs::File::open(d.path().join("base.sdm")).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("block manifest"), "{err}");
+}
