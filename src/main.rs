@@ -442,9 +442,12 @@ fn run_apply(args: ApplyArgs) -> snapdelta::Result<()> {
         ));
     }
     // The output may replace the base (written whole, then renamed over
-    // it), never the export, the manifest or the key being read.
+    // it), never the export (nor a raw sparse export's map), the manifest
+    // or the key being read.
+    let map = Some(map_path(&args.export)).filter(|m| m.exists());
     for input in [
         Some(&args.export).filter(|e| e.as_path() != Path::new("-")),
+        map.as_ref(),
         args.base_manifest.as_ref(),
         args.key_file.as_ref(),
     ]

@@ -436,6 +436,20 @@ fn outputs_never_replace_each_other_or_what_is_read() {
         "key",
         "--force",
     ]);
+    ok(
+        p,
+        &[
+            "export",
+            "--base",
+            "base.img",
+            "target.img",
+            "-o",
+            "r",
+            "--output-type",
+            "raw-sparse",
+        ],
+    );
+    refused(&["apply", "--base", "base.img", "r", "-o", "r.map", "--force"]);
     for (n, bytes) in ["e.sdx", "m.sdm", "key"].iter().zip(kept) {
         assert_eq!(std::fs::read(p.join(n)).unwrap(), bytes, "{n} changed");
     }
